@@ -1,0 +1,7 @@
+"""``python -m instantft``."""
+
+import sys
+
+from instantft.cli import main
+
+sys.exit(main())

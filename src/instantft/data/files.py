@@ -1,0 +1,183 @@
+"""Where dataset files come from: a registry of the official files and their checksums.
+
+Files are looked for, in order, in ``--data-dir``, ``$INSTANTFT_DATA``, the user cache directory
+and the copies bundled in this package (the MNIST and Fashion-MNIST test splits). A file found
+is verified against its checksum before use. A missing file is downloaded with pooch from the
+dataset's official location into the cache directory (pooch downloads to a temporary name,
+verifies, then renames, so no half-written file is ever left); with ``INSTANTFT_OFFLINE=1`` or
+no network the error names the missing files and where to put them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from instantft.errors import InstantFTError
+from instantft.fileio import sha256_file
+
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One official file: its path relative to a data directory, checksum and download URLs."""
+
+    relpath: str
+    known_hash: str  # "sha256:..." or, where only an MD5 is published (SVHN), "md5:..."
+    urls: tuple[str, ...]
+
+
+_MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+_FMNIST_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+_SVHN_MIRRORS = ("http://ufldl.stanford.edu/housenumbers/",)
+
+
+def _files(folder: str, mirrors: tuple[str, ...], hashes: dict[str, str]) -> dict[str, DataFile]:
+    return {name: DataFile(f"{folder}/{name}", h, tuple(m + name for m in mirrors)) for name, h in hashes.items()}
+
+
+REGISTRY: dict[str, dict[str, DataFile]] = {
+    "mnist": _files(
+        "mnist",
+        _MNIST_MIRRORS,
+        {
+            "train-images-idx3-ubyte.gz": "sha256:440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "sha256:3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "sha256:8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "sha256:f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
+    ),
+    "fmnist": _files(
+        "fashion-mnist",
+        _FMNIST_MIRRORS,
+        {
+            "train-images-idx3-ubyte.gz": "sha256:3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "train-labels-idx1-ubyte.gz": "sha256:a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "t10k-images-idx3-ubyte.gz": "sha256:346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "t10k-labels-idx1-ubyte.gz": "sha256:67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        },
+    ),
+    # SVHN publishes no SHA-256; these MD5s are the ones torchvision and the SVHN mirrors use.
+    "svhn": _files(
+        "svhn",
+        _SVHN_MIRRORS,
+        {
+            "train_32x32.mat": "md5:e26dedcc434d2e4c54c9b2d4a06d8373",
+            "test_32x32.mat": "md5:eb5a983be6a315427106f1b164d9cef3",
+            "extra_32x32.mat": "md5:a93ce644f1a588dc4d68dda5feec44a7",
+        },
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The per-user cache directory that downloads go to."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("instantft")) / "data"
+
+
+def search_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The directories searched, in order."""
+    dirs: list[Path] = []
+    if data_dir is not None:
+        dirs.append(Path(data_dir))
+    env = os.environ.get("INSTANTFT_DATA")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(cache_dir())
+    dirs.append(BUNDLED_DIR)
+    return dirs
+
+
+def _check_readable_dir(d: Path) -> None:
+    if d.exists() and not os.access(d, os.R_OK | os.X_OK):
+        raise InstantFTError(f"{d}: data directory is not readable (check its permissions)")
+
+
+@functools.lru_cache(maxsize=64)
+def _verified(path: str, size: int, mtime_ns: int, known_hash: str) -> str | None:
+    """Return None when the file matches ``known_hash``, else the hash found (cached per stat)."""
+    algo, expected = known_hash.split(":", 1)
+    if algo == "sha256":
+        got = sha256_file(path)
+    else:
+        import hashlib
+
+        h = hashlib.new(algo)
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        got = h.hexdigest()
+    return None if got == expected else f"{algo}:{got}"
+
+
+def verify(path: Path, known_hash: str) -> None:
+    """Raise a one-line error when ``path`` does not match its published checksum."""
+    try:
+        st = path.stat()
+        mismatch = _verified(str(path), st.st_size, st.st_mtime_ns, known_hash)
+    except OSError as exc:
+        raise InstantFTError(f"{path}: cannot read file ({exc.strerror})") from None
+    if mismatch is not None:
+        raise InstantFTError(
+            f"{path}: checksum mismatch (expected {known_hash}, got {mismatch}); "
+            "the file is corrupt or not the official one: delete it and fetch it again"
+        )
+
+
+def locate(dataset: str, names: list[str], data_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """Find (or download) and verify each named file of ``dataset``; return name -> path."""
+    if dataset not in REGISTRY:
+        raise InstantFTError(f"unknown dataset {dataset!r}; valid: {', '.join(REGISTRY)}")
+    dirs = search_dirs(data_dir)
+    for d in dirs[:-1]:
+        _check_readable_dir(d)
+    found: dict[str, Path] = {}
+    missing: list[DataFile] = []
+    for name in names:
+        spec = REGISTRY[dataset][name]
+        for d in dirs:
+            for candidate in (d / spec.relpath, d / name):
+                if candidate.is_file():
+                    verify(candidate, spec.known_hash)
+                    found[name] = candidate
+                    break
+            if name in found:
+                break
+        else:
+            missing.append(spec)
+    for spec in missing:
+        found[Path(spec.relpath).name] = _download(spec, dirs)
+    return found
+
+
+def _download(spec: DataFile, dirs: list[Path]) -> Path:
+    where = ", ".join(str(d / spec.relpath) for d in dirs[:-1])
+    offline_msg = (
+        f"missing data file {spec.relpath} and it could not be downloaded ({{why}}); "
+        f"put it at one of: {where} (or pass --data-dir)"
+    )
+    if os.environ.get("INSTANTFT_OFFLINE", "") not in ("", "0"):
+        raise InstantFTError(offline_msg.format(why="INSTANTFT_OFFLINE is set"))
+    import pooch
+
+    target = cache_dir() / Path(spec.relpath).parent
+    last_error = "no URL"
+    for url in spec.urls:
+        try:
+            path = pooch.retrieve(
+                url, known_hash=spec.known_hash, fname=Path(spec.relpath).name, path=target, progressbar=True
+            )
+            return Path(path)
+        except ValueError as exc:  # pooch: hash mismatch after download
+            raise InstantFTError(f"{url}: downloaded file failed verification ({exc})") from None
+        except Exception as exc:  # network errors of any kind: try the next mirror
+            last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    raise InstantFTError(offline_msg.format(why=last_error))

@@ -1,0 +1,86 @@
+"""Readers for the datasets' original file formats: gzip'ed IDX (MNIST, Fashion-MNIST) and
+MATLAB .mat (SVHN cropped digits). Every format problem is a one-line error naming the file."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from instantft.errors import InstantFTError
+
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+
+
+def _read_gzip(path: Path) -> bytes:
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read()
+    except (gzip.BadGzipFile, OSError, EOFError, zlib.error) as exc:
+        kind = "truncated gzip data" if isinstance(exc, EOFError) else f"not a valid gzip file ({exc})"
+        raise InstantFTError(f"{path}: {kind}") from None
+
+
+def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
+    """Parse a gzip'ed IDX file of unsigned bytes: images (magic 2051) or labels (2049)."""
+    path = Path(path)
+    raw = _read_gzip(path)
+    ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise InstantFTError(f"{path}: truncated IDX header ({len(raw)} bytes)")
+    got_magic, *dims = struct.unpack(f">{1 + ndim}i", raw[:header])
+    if got_magic != magic:
+        raise InstantFTError(f"{path}: wrong IDX magic number {got_magic} (expected {magic})")
+    count = int(np.prod(dims))
+    if len(raw) - header != count:
+        raise InstantFTError(f"{path}: IDX payload has {len(raw) - header} bytes, header {tuple(dims)} needs {count}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64, checked against each other."""
+    images = read_idx(images_path, IDX_IMAGES_MAGIC)
+    labels = read_idx(labels_path, IDX_LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise InstantFTError(f"{labels_path}: {len(labels)} labels but {images_path.name} has {len(images)} images")
+    check_labels(labels, labels_path)
+    return images, labels.astype(np.int64)
+
+
+def check_labels(labels: np.ndarray, path: Path) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        bad = labels[(labels < 0) | (labels > 9)][0]
+        raise InstantFTError(f"{path}: label {int(bad)} outside 0-9")
+
+
+def read_svhn_mat(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN cropped digits: ``X`` uint8 (32, 32, 3, N) -> (N, 3, 32, 32); ``y`` 1..10 -> 0..9."""
+    import scipy.io
+
+    path = Path(path)
+    try:
+        mat = scipy.io.loadmat(path)
+    except (ValueError, OSError, TypeError, NotImplementedError) as exc:
+        raise InstantFTError(f"{path}: not a readable MATLAB .mat file ({exc})") from None
+    for key in ("X", "y"):
+        if key not in mat:
+            raise InstantFTError(
+                f"{path}: .mat file has no '{key}' variable (found: {sorted(k for k in mat if not k.startswith('__'))})"
+            )
+    x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise InstantFTError(f"{path}: X has shape {x.shape}, expected (32, 32, 3, N)")
+    if x.shape[3] != y.shape[0]:
+        raise InstantFTError(f"{path}: {y.shape[0]} labels but X has {x.shape[3]} images")
+    if y.size and (y.min() < 1 or y.max() > 10):
+        bad = y[(y < 1) | (y > 10)][0]
+        raise InstantFTError(f"{path}: label {int(bad)} outside 1-10")
+    images = np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8)
+    labels = y.astype(np.int64) % 10
+    return images, labels

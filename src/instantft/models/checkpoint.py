@@ -1,0 +1,103 @@
+"""Backbone checkpoints: one ``.safetensors`` file whose header metadata holds a JSON record
+(architecture, dataset, samples, seed, epochs, lr, test accuracy, package version, sha256 of the
+weights). Written atomically; loading checks the hash and the architecture. Never pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from instantft.errors import InstantFTError
+from instantft.fileio import atomic_write
+from instantft.models.lenet import ARCHITECTURES, LeNet5, build
+
+META_KEY = "instantft"
+BUNDLED_WEIGHTS = Path(__file__).parent / "weights"
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights alone (names, shapes, bytes in sorted order): the model's identity,
+    used to fingerprint adapters and the Forward Cache."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    return weights_sha256(model.state_dict())
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: LeNet5, meta: dict[str, Any]) -> Path:
+    from instantft import __version__
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    record = {
+        "architecture": model.config.name,
+        **meta,
+        "package_version": __version__,
+        "weights_sha256": weights_sha256(state),
+    }
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: json.dumps(record)}))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InstantFTError(f"{path}: checkpoint file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InstantFTError(f"{path}: not a valid safetensors file ({exc})") from None
+    if META_KEY not in meta:
+        raise InstantFTError(f"{path}: not an instantft checkpoint (no '{META_KEY}' metadata)")
+    try:
+        return dict(json.loads(meta[META_KEY]))
+    except json.JSONDecodeError:
+        raise InstantFTError(f"{path}: checkpoint metadata is not valid JSON") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str], expect_arch: str | None = None) -> tuple[LeNet5, dict[str, Any]]:
+    """Load a backbone; a corrupt file, a hash mismatch or another architecture is an error."""
+    path = Path(path)
+    meta = read_metadata(path)
+    arch = meta.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise InstantFTError(f"{path}: unknown architecture {arch!r}")
+    if expect_arch is not None and arch != expect_arch:
+        raise InstantFTError(f"{path}: checkpoint is for {arch}, this task needs {expect_arch}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InstantFTError(f"{path}: cannot read weights ({exc})") from None
+    if weights_sha256(state) != meta.get("weights_sha256"):
+        raise InstantFTError(f"{path}: weights do not match their recorded sha256 (file corrupt)")
+    model = build(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise InstantFTError(f"{path}: weights do not fit {arch} ({first})") from None
+    model.eval()
+    return model, meta
+
+
+def bundled_checkpoint(dataset: str) -> Path:
+    """The checkpoint shipped with the package for ``mnist`` or ``fmnist``."""
+    path = BUNDLED_WEIGHTS / f"lenet5-{dataset}.safetensors"
+    if not path.is_file():
+        raise InstantFTError(
+            f"no bundled checkpoint for {dataset!r} ({path.name}); run `instantft pretrain --dataset {dataset}` "
+            "and pass --checkpoint"
+        )
+    return path
