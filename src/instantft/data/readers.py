@@ -30,13 +30,16 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
     """Parse a gzip'ed IDX file of unsigned bytes: images (magic 2051) or labels (2049)."""
     path = Path(path)
     raw = _read_gzip(path)
+    if len(raw) < 4:
+        raise InstantFTError(f"{path}: truncated IDX header ({len(raw)} bytes)")
+    (got_magic,) = struct.unpack(">i", raw[:4])
+    if got_magic != magic:
+        raise InstantFTError(f"{path}: wrong IDX magic number {got_magic} (expected {magic})")
     ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
     header = 4 * (1 + ndim)
     if len(raw) < header:
         raise InstantFTError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    got_magic, *dims = struct.unpack(f">{1 + ndim}i", raw[:header])
-    if got_magic != magic:
-        raise InstantFTError(f"{path}: wrong IDX magic number {got_magic} (expected {magic})")
+    dims = struct.unpack(f">{ndim}i", raw[4:header])
     count = int(np.prod(dims))
     if len(raw) - header != count:
         raise InstantFTError(f"{path}: IDX payload has {len(raw) - header} bytes, header {tuple(dims)} needs {count}")
