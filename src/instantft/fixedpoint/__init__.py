@@ -1,0 +1,35 @@
+"""The FPGA datapath of InstantFT in software: a bit-accurate integer emulation (paper §4.1).
+
+- :mod:`.formats`: Qm.n formats and :class:`FixedPointConfig` (torch-free, for the CLI);
+- :mod:`.ops`: the primitives on int64 words (convert, multiply, MAC, shift/round, saturate) and
+  the saturation/underflow :class:`~.ops.Counters`;
+- :mod:`.softmax`: the lookup-table softmax; :mod:`.nf4_codec`: the cache Quant/Dequant;
+- :mod:`.lenet`: the frozen backbone's integer forward; :mod:`.trainer`: fixed-point InstantFT;
+- :mod:`.memory`: the on-chip memory estimate for the chosen formats.
+
+Only the torch-free formats are imported here, so ``instantft --help`` stays fast.
+"""
+
+from instantft.fixedpoint.formats import (
+    ACT_FORMAT,
+    NUMERICS,
+    PARAM_FORMAT,
+    ROUNDINGS,
+    FixedPointConfig,
+    QFormat,
+    Rounding,
+    describe,
+    numerics_config,
+)
+
+__all__ = [
+    "ACT_FORMAT",
+    "NUMERICS",
+    "PARAM_FORMAT",
+    "ROUNDINGS",
+    "FixedPointConfig",
+    "QFormat",
+    "Rounding",
+    "describe",
+    "numerics_config",
+]
