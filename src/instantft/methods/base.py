@@ -44,6 +44,7 @@ class FineTuneConfig:
     drop_last: bool = True  # 1024 = 51 × 20 + 4: skip the 4-sample step, as #iter = N / batch
     cache_fill: Literal["batched", "lazy"] = "batched"
     cache_max_bytes: int | None = None
+    engine: Literal["auto", "numba", "torch", "reference"] = "auto"  # skip methods' training loop (instantft.engine)
 
     def __post_init__(self) -> None:
         checks = [
@@ -54,6 +55,10 @@ class FineTuneConfig:
             (self.init in ("gaussian", "kaiming"), f"--init must be gaussian or kaiming, got {self.init!r}"),
             (self.init_std > 0, f"--init-std must be > 0, got {self.init_std}"),
             (self.cache_fill in ("batched", "lazy"), f"--cache-fill must be batched or lazy, got {self.cache_fill!r}"),
+            (
+                self.engine in ("auto", "numba", "torch", "reference"),
+                f"--engine must be auto, numba, torch or reference, got {self.engine!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -28,6 +28,7 @@ import torch
 
 from instantft.cache import CacheSource, ForwardCache, Storage
 from instantft.data import ImageSet
+from instantft.engine import resolve_engine
 from instantft.methods.base import (
     FineTuneConfig,
     FitResult,
@@ -133,8 +134,21 @@ class _SkipMethod(Method):
             chunk = todo[i : i + FILL_BATCH]
             self.cache.put(data.indices[chunk], self.base_rows(data.images[chunk]))
 
-    @torch.no_grad()
     def fit(self, data: ImageSet, on_step: Callable[[int, int], None] | None = None) -> FitResult:
+        """Fine-tune the adapters. With a batched cache fill (skip2-lora, instantft) this runs the
+        fast engine chosen by ``config.engine`` (:mod:`instantft.engine`: compiled numba loop, or
+        plain-torch fast path); ``engine="reference"``, skip-lora and ``cache_fill="lazy"`` use
+        :meth:`reference_fit`. Both train the same adapters (tests/test_engine.py)."""
+        backend = resolve_engine(self.config.engine)
+        if backend != "reference" and self.cache_storage is not None and self.config.cache_fill == "batched":
+            from instantft.engine.fit import fast_fit
+
+            return fast_fit(self, data, on_step, backend)
+        return self.reference_fit(data, on_step)
+
+    @torch.no_grad()
+    def reference_fit(self, data: ImageSet, on_step: Callable[[int, int], None] | None = None) -> FitResult:
+        """The plain loop: one torch-op step per batch, the reference the fast engine matches."""
         result = FitResult()
         start = time.perf_counter()
         if self.cache_storage is not None:

@@ -1,0 +1,193 @@
+"""The fast ``fit`` of Skip2-LoRA and InstantFT: fill the cache, then run every epoch in one
+call of a compiled loop (or the pure-torch loop), training the same adapters as
+:meth:`instantft.methods.skip_lora._SkipMethod.reference_fit` step for step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from instantft import nf4
+from instantft.cache import CacheSource, ForwardCache
+from instantft.data import ImageSet
+from instantft.engine.fill import CHUNK, base_rows_into
+from instantft.engine.layout import Layout
+from instantft.engine.store import FastForwardCache
+from instantft.errors import InstantFTError
+from instantft.methods.base import FineTuneConfig, FitResult, check_loss, schedule
+
+if TYPE_CHECKING:
+    from instantft.methods.skip_lora import _SkipMethod
+
+
+class Schedule:
+    """The whole run's batches as flat arrays (from :func:`instantft.methods.base.schedule`, so
+    the order is the reference's): step s trains on rows ``order[offsets[s]:offsets[s+1]]``."""
+
+    def __init__(self, n: int, config: FineTuneConfig) -> None:
+        epochs, steps, batches = zip(*schedule(n, config), strict=True)
+        self.epoch: list[int] = list(epochs)
+        self.step: list[int] = list(steps)
+        self.order = torch.cat(batches)
+        self.offsets = torch.from_numpy(np.cumsum([0, *(b.shape[0] for b in batches)]))
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def epoch_ranges(self) -> list[tuple[int, int]]:
+        """[first, last) step of each epoch."""
+        edges = [0] + [s for s in range(1, len(self)) if self.epoch[s] != self.epoch[s - 1]] + [len(self)]
+        return list(itertools.pairwise(edges))
+
+    def epoch_losses(self, losses: np.ndarray) -> list[float]:
+        return [float(np.mean(losses[a:b])) for a, b in self.epoch_ranges()]
+
+
+def fill_cache(method: _SkipMethod, data: ImageSet, use_numba: bool) -> ForwardCache:
+    """Create (first fit) or reuse the method's cache, bind it, and run the base forward for the
+    samples it does not hold yet, straight into storage."""
+    if method.cache is None:
+        method.cache = FastForwardCache(
+            [*method.in_sizes[1:], method.num_classes],
+            len(data),
+            method.cache_storage or "fp32",
+            method.config.cache_max_bytes,
+            use_numba=use_numba,
+        )
+    cache = method.cache
+    cache.bind(CacheSource(method.base_fingerprint, data.fingerprint))
+    todo = torch.nonzero(~cache.contains(data.indices)).flatten()
+    if isinstance(cache, FastForwardCache):
+        cache.check_room(len(todo))
+    everything = len(todo) == len(data)
+    for lo in range(0, len(todo), CHUNK):
+        rows = slice(lo, lo + CHUNK) if everything else todo[lo : lo + CHUNK]
+        images, keys = data.images[rows], data.indices[rows]
+        if isinstance(cache, FastForwardCache):
+            cache.fill(keys, lambda dst, x=images: base_rows_into(method.base, x, dst, use_numba))
+        else:  # a cache made by the reference path
+            out = torch.empty(len(keys), cache.width)
+            base_rows_into(method.base, images, out, use_numba)
+            cache.put(keys, out)
+    return cache
+
+
+def fast_fit(
+    method: _SkipMethod, data: ImageSet, on_step: Callable[[int, int], None] | None, backend: str
+) -> FitResult:
+    """Fine-tune ``method`` (a cached skip method) with the ``numba`` or ``torch`` backend.
+
+    With ``on_step`` the loop runs one epoch per call and reports that epoch's steps when it
+    ends (a compiled loop cannot call back into Python cheaply).
+    """
+    config = method.config
+    result = FitResult()
+    start = time.perf_counter()
+    use_numba = backend == "numba"
+    cache = fill_cache(method, data, use_numba)
+    slot_of = cache.slots(data.indices)
+    if bool((slot_of < 0).any()):
+        raise InstantFTError("forward cache is missing samples after the fill")
+    plan = Schedule(len(data), config)
+    layout = Layout.for_adapters(method.in_sizes, method.num_classes, config.rank)
+    A, B = layout.pack(method.adapters.A, method.adapters.B)
+    images = data.images.reshape(len(data), -1).contiguous()
+    losses = np.full(len(plan), np.nan)
+    run = _numba_runner if use_numba else _torch_runner
+    train = run(cache, layout, images, data.labels, slot_of, plan, A, B, config, losses)
+    ranges = plan.epoch_ranges() if on_step else [(0, len(plan))]
+    for first, last in ranges:
+        done = train(first, last)
+        if done < last - first:
+            bad = first + done - 1
+            layout.unpack(A, B, method.adapters.A, method.adapters.B)
+            check_loss(float(losses[bad]), plan.epoch[bad], plan.step[bad])
+        if on_step:
+            for s in range(first, last):
+                on_step(plan.epoch[s], plan.step[s])
+    layout.unpack(A, B, method.adapters.A, method.adapters.B)
+    result.steps = len(plan)
+    result.epoch_losses = plan.epoch_losses(losses)
+    result.seconds = time.perf_counter() - start
+    result.cache_bytes = cache.nbytes
+    return result
+
+
+Runner = Callable[[int, int], int]
+
+
+def _numba_runner(
+    cache: ForwardCache,
+    layout: Layout,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    slot_of: torch.Tensor,
+    plan: Schedule,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    config: FineTuneConfig,
+    losses: np.ndarray,
+) -> Runner:
+    """``train(first, last)`` over the compiled loop; A, B and losses are updated in place."""
+    from instantft.engine import kernels
+
+    seg = layout.segments()
+    common = (slot_of.numpy(), labels.numpy(), plan.order.numpy(), plan.offsets.numpy())
+    a, b = A.numpy(), B.numpy()
+    lr, scale = np.float32(config.lr), np.float32(config.scale)
+    x = images.numpy()
+    if cache.storage == "fp32":
+        return lambda first, last: kernels.train_fp32(
+            x, cache.rows.numpy(), *common, first, last, a, b, seg, layout.logit_offset, lr, scale, losses
+        )
+    if cache.block_size % 16:
+        raise InstantFTError(f"the compiled NF4 loop needs a block size divisible by 16, got {cache.block_size}")
+    levels = nf4.NF4_LEVELS.numpy()
+    return lambda first, last: kernels.train_nf4(
+        x, cache.codes.numpy(), cache.absmax.numpy(), levels, cache.block_size, *common, first, last, a, b, seg,
+        layout.logit_offset, lr, scale, losses,
+    )  # fmt: skip
+
+
+def _torch_runner(
+    cache: ForwardCache,
+    layout: Layout,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    slot_of: torch.Tensor,
+    plan: Schedule,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    config: FineTuneConfig,
+    losses: np.ndarray,
+) -> Runner:
+    """``train(first, last)`` over the pure-torch loop (no numba)."""
+    from instantft.engine.torch_loop import TorchTrainer
+
+    sizes = plan.offsets[1:] - plan.offsets[:-1]
+    trainer = TorchTrainer(layout, images, labels, int(sizes.max()))
+    C, K, R = B.shape
+    Bflat = B.view(C, K * R)  # column k·R + r is B_k[:, r]; a view, trained in place
+    lr, scale = config.lr, config.scale
+
+    def train(first: int, last: int) -> int:
+        for s in range(first, last):
+            rows = plan.order[plan.offsets[s] : plan.offsets[s + 1]]
+            slots = slot_of[rows]
+            if cache.storage == "fp32":
+                trainer.gather_fp32(rows, slots, cache.rows)
+            else:
+                trainer.gather_nf4(rows, slots, cache.codes, cache.absmax)
+            loss = float(trainer.step(len(rows), rows, A, Bflat, lr, scale))
+            losses[s] = loss
+            if not np.isfinite(loss):
+                return s + 1 - first
+        return last - first
+
+    return train

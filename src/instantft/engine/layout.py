@@ -1,0 +1,90 @@
+"""How the five skip adapters are packed for the fast loops.
+
+All A_k sit side by side in one matrix ``A`` (R × Σ d_k) and all B_k in one (C, K, R) array, so
+a step is a handful of loops (or matmuls) over contiguous memory. The rank is padded to a
+multiple of 4 with zero rows of A and zero columns of B: those give h = 0, so their gradients are
+exactly zero and they stay zero, while the compiled micro-kernels always see 4 ranks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: where a segment's input comes from (the ``source`` column of :meth:`Layout.segments`)
+SRC_IMAGE, SRC_CACHE = 0, 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each adapter k reads x_{k-1} (the image or a slice of the cache row) and which
+    columns of the packed A it owns."""
+
+    sizes: tuple[int, ...]  # d_0..d_{K-1}: flattened inputs of layers 1..K
+    num_classes: int
+    rank: int  # the adapters' rank
+    padded_rank: int  # rank rounded up to a multiple of 4
+
+    @classmethod
+    def for_adapters(cls, sizes: list[int], num_classes: int, rank: int) -> Layout:
+        return cls(tuple(sizes), num_classes, rank, -(-rank // 4) * 4)
+
+    @property
+    def d_image(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def cache_width(self) -> int:
+        """[x1 | ... | x_{K-1} | f(x)]: the Forward Cache row."""
+        return sum(self.sizes[1:]) + self.num_classes
+
+    @property
+    def logit_offset(self) -> int:
+        return sum(self.sizes[1:])
+
+    @property
+    def total_inputs(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def columns(self) -> list[tuple[int, int]]:
+        edges = np.cumsum([0, *self.sizes]).tolist()
+        return list(itertools.pairwise(edges))
+
+    @property
+    def sources(self) -> list[tuple[str, int, int]]:
+        """(source, offset in the source row, length) of each adapter's input."""
+        out = [("image", 0, self.sizes[0])]
+        off = 0
+        for d in self.sizes[1:]:
+            out.append(("cache", off, d))
+            off += d
+        return out
+
+    def segments(self) -> np.ndarray:
+        """(K, 4) int64 rows [source, offset, first column of A, length] for the kernels."""
+        return np.array(
+            [
+                [SRC_IMAGE if src == "image" else SRC_CACHE, off, col[0], n]
+                for (src, off, n), col in zip(self.sources, self.columns, strict=True)
+            ],
+            dtype=np.int64,
+        )
+
+    def pack(self, A: list[torch.Tensor], B: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adapters' tensors copied into a packed A (R', D) and B (C, K, R'), R' the padded rank."""
+        a = torch.zeros(self.padded_rank, self.total_inputs)
+        b = torch.zeros(self.num_classes, len(self.sizes), self.padded_rank)
+        for k, ((lo, hi), ak, bk) in enumerate(zip(self.columns, A, B, strict=True)):
+            a[: self.rank, lo:hi] = ak
+            b[:, k, : self.rank] = bk
+        return a, b
+
+    def unpack(self, a: torch.Tensor, b: torch.Tensor, A: list[torch.Tensor], B: list[torch.Tensor]) -> None:
+        """Copy the packed tensors back into the adapters' own (in place)."""
+        for k, ((lo, hi), ak, bk) in enumerate(zip(self.columns, A, B, strict=True)):
+            ak.copy_(a[: self.rank, lo:hi])
+            bk.copy_(b[:, k, : self.rank])

@@ -1,0 +1,527 @@
+"""``instantft bench``: how fast each method fine-tunes, and how far that is from the CPU's limit.
+
+Cut down to what is timed (as nanoGPT's ``bench.py``): every method fine-tunes the same RotMNIST
+samples (10 epochs, batch 20, same seed and batch order), side by side in one process - one
+warm-up run each, then ``--repeats`` rounds that run every method once, in turn - and we quote
+medians. A run is ``method.fit()`` end to end: for Skip2-LoRA/InstantFT that includes filling the
+Forward Cache and quantising it. Then:
+
+- the FLOP limit: the run's FLOPs ÷ the sgemm rate measured in this process with the same
+  threads (best of the rounds: the conservative choice for a "× of the limit" claim);
+- the NF4 overhead (InstantFT ÷ Skip2-LoRA − 1);
+- cold start: the first fine-tune in a fresh process (imports of the engine and numba's cache
+  load included), and the first compile ever (an empty numba cache);
+- scaling: time per sample from 1k to 73k samples (synthetic MNIST-shaped images past the
+  10,000 test images of RotMNIST), with the NF4 cache size;
+- the peer: the same LeNet with Hugging Face PEFT LoRA (r = 4 on every conv and linear layer),
+  trained the usual way, if ``peft`` is installed (``pip install instantft[bench]``).
+
+Baselines run their ordinary training loop (module forward, autograd, ``torch.optim.SGD``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instantft.data import ImageSet, make_task
+from instantft.engine import numba_available, resolve_engine
+from instantft.errors import InstantFTError
+from instantft.methods import FineTuneConfig, create
+from instantft.models import LeNet5, accuracy
+from instantft.run import config_for, load_backbone
+
+#: (row name, registered method, engine); the rows without "[...]" are the headline ones
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("lora-all", "lora-all", "auto"),
+    ("ft-all", "ft-all", "auto"),
+    ("skip-lora", "skip-lora", "auto"),
+    ("skip2-lora", "skip2-lora", "auto"),
+    ("instantft", "instantft", "auto"),
+    ("skip2-lora[torch]", "skip2-lora", "torch"),
+    ("instantft[torch]", "instantft", "torch"),
+    ("skip2-lora[reference]", "skip2-lora", "reference"),
+    ("instantft[reference]", "instantft", "reference"),
+)
+PEFT_ROW = "peft-lora"
+SCALING_SIZES = (1024, 4096, 16384, 73257)
+TARGETS = {"speedup_skip2": 40.0, "speedup_instantft": 35.0, "flop_multiple": 5.0, "nf4_overhead": 0.10, "cold": 1.0}
+
+
+# --- FLOPs ------------------------------------------------------------------------------------
+def base_forward_macs(model: LeNet5) -> int:
+    """Multiply-accumulates of one frozen forward pass (conv and linear layers)."""
+    c = model.config
+    o1 = c.image_size + 2 * c.conv1_padding - 4
+    o2 = o1 // 2 - 4
+    macs = model.conv1.weight.numel() * o1 * o1 + model.conv2.weight.numel() * o2 * o2
+    return macs + sum(layer.weight.numel() for layer in (model.fc1, model.fc2, model.fc3))
+
+
+def skip_run_flops(model: LeNet5, config: FineTuneConfig, samples: int, steps: int, per_step: int) -> int:
+    """FLOPs (2 per MAC) of a Skip2-LoRA/InstantFT run: one base forward per sample to fill the
+    cache, then per step h = A x, B h, ∂B, g B and ∂A over all five adapters."""
+    d = sum(model.layer_input_sizes())
+    k, c, r = 5, model.config.num_classes, config.rank
+    step_macs = per_step * (2 * r * d + 3 * k * c * r)
+    return 2 * (samples * base_forward_macs(model) + steps * step_macs)
+
+
+def autograd_run_flops(model: LeNet5, method: str, config: FineTuneConfig, samples_seen: int) -> int | None:
+    """A baseline's FLOPs: the per-sample forward + backward of :mod:`instantft.analysis.costs`
+    (the Table 1 counts, without the unused adapter input gradients) × samples trained on."""
+    try:
+        from instantft.analysis.costs import costs, describe, plan_of
+
+        c = costs(describe(model), plan_of(create(method, model, config)))
+    except Exception:
+        return None
+    return samples_seen * (c.forward_flops + c.backward_flops_required)
+
+
+def sgemm_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Best fp32 matmul rate (GFLOP/s) of n×n×n with the current torch threads."""
+    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+# --- runs -------------------------------------------------------------------------------------
+def timed_fit(make: Callable[[], Any], data: ImageSet) -> tuple[float, Any, Any]:
+    """(seconds, fit result, fitted method) of one ``fit`` call; building the method is not timed."""
+    method = make()
+    gc.collect()
+    start = time.perf_counter()
+    result = method.fit(data)
+    return time.perf_counter() - start, result, method
+
+
+class PeftLoRA:
+    """The peer: PEFT's LoRA (r = ``rank`` on conv1, conv2, fc1, fc2, fc3) on a copy of the
+    backbone, trained the usual way with the same batches, lr and epochs."""
+
+    name = PEFT_ROW
+
+    def __init__(self, base: LeNet5, config: FineTuneConfig) -> None:
+        import copy
+
+        from peft import LoraConfig, get_peft_model
+
+        self.config = config
+        torch.manual_seed(config.adapter_seed)
+        targets = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+        lora = LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=targets, lora_dropout=0.0)
+        self.model = get_peft_model(copy.deepcopy(base), lora)
+
+    def fit(self, data: ImageSet) -> Any:
+        import torch.nn.functional as F
+
+        from instantft.methods.base import FitResult, check_loss, schedule
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=self.config.lr)
+        self.model.train()
+        result = FitResult()
+        for epoch, step, rows in schedule(len(data), self.config):  # as AutogradMethod.fit
+            loss = F.cross_entropy(self.model(data.images[rows]), data.labels[rows])
+            check_loss(float(loss.detach()), epoch, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            result.steps += 1
+        self.model.eval()
+        return result
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.model(images[i : i + 2048]) for i in range(0, len(images), 2048)])
+
+
+def peft_available() -> bool:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def synthetic_set(n: int, like: ImageSet, seed: int = 0) -> ImageSet:
+    """n random images of ``like``'s shape and random labels (only the shapes matter for time)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, *like.images.shape[1:], generator=gen)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    return ImageSet(f"synthetic-{n}", images, labels, torch.arange(n))
+
+
+# --- cold start -------------------------------------------------------------------------------
+COLD_SCRIPT = """
+import json, sys, time
+import torch
+torch.set_num_threads({threads})
+from instantft.methods import create
+from instantft.run import config_for, load_backbone
+from instantft.data import make_task
+model, _ = load_backbone("rotmnist", {checkpoint!r})
+task = make_task("rotmnist", angle={angle}, samples={samples}, seed=0, data_dir={data_dir!r})
+config = config_for("rotmnist")
+out = {{}}
+for name in ("skip2-lora", "instantft"):
+    times = []
+    for _ in range(2):
+        m = create(name, model, config)
+        t = time.perf_counter()
+        m.fit(task.finetune)
+        times.append(time.perf_counter() - t)
+    out[name] = {{"first": times[0], "second": times[1]}}
+print(json.dumps(out))
+"""
+
+
+def cold_start(args: argparse.Namespace, empty_numba_cache: bool) -> dict[str, Any] | None:
+    """First and second fine-tune of skip2-lora then instantft in a fresh Python process."""
+    script = COLD_SCRIPT.format(
+        threads=args.threads, checkpoint=args.checkpoint, angle=args.angle, samples=args.samples, data_dir=args.data_dir
+    )
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        if empty_numba_cache:
+            env["NUMBA_CACHE_DIR"] = tmp
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+    if proc.returncode != 0:
+        print(proc.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+def machine(threads: int) -> dict[str, Any]:
+    from instantft.machine import machine_info
+
+    info = machine_info()
+    info["threads"] = threads
+    if numba_available():
+        from instantft.engine import kernels
+
+        try:  # where numba keeps the compiled kernels (beside the package, or a user cache dir)
+            info["numba_cache_dir"] = str(kernels.train_fp32._cache._cache_path)
+        except AttributeError:
+            info["numba_cache_dir"] = None
+    return info
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine shows up in every timing."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    model, meta = load_backbone("rotmnist", args.checkpoint)
+    task = make_task("rotmnist", angle=args.angle, samples=args.samples, seed=0, data_dir=args.data_dir)
+    data, evaluate = task.finetune, task.evaluate
+    config = config_for("rotmnist")
+    rows = [r for r in ROWS if not (r[2] == "torch" and resolve_engine("auto") == "torch")]
+    makers: dict[str, Callable[[], Any]] = {
+        row: (lambda m=name, e=engine: create(m, model, replace(config, engine=e))) for row, name, engine in rows
+    }
+    if peft_available():
+        makers[PEFT_ROW] = lambda: PeftLoRA(model, config)
+    log(f"warm-up: {', '.join(makers)}")
+    results: dict[str, dict[str, Any]] = {}
+    for row, make in makers.items():
+        _, fit, method = timed_fit(make, data)
+        results[row] = {"runs": [], "steps": fit.steps, "cache_bytes": getattr(fit, "cache_bytes", 0)}
+        results[row]["accuracy"] = accuracy(method.logits(evaluate.images), evaluate.labels)
+    gflops: list[float] = []
+    for rnd in range(args.repeats):
+        log(f"round {rnd + 1}/{args.repeats}")
+        gflops.append(sgemm_gflops())
+        for row, make in makers.items():
+            results[row]["runs"].append(timed_fit(make, data)[0])
+    sgemm = max(gflops)
+    steps = results["skip2-lora"]["steps"]
+    flops = {
+        row: skip_run_flops(model, config, len(data), results[row]["steps"], config.batch_size)
+        if name in ("skip2-lora", "instantft")
+        else autograd_run_flops(model, name, config, results[row]["steps"] * config.batch_size)
+        for row, name, _ in rows
+    }
+    lora_all = statistics.median(results["lora-all"]["runs"])
+    methods: dict[str, dict[str, Any]] = {}
+    for row, r in results.items():
+        sec = statistics.median(r["runs"])
+        f = flops.get(row)
+        methods[row] = {
+            "seconds": sec,
+            "ms_per_step": 1e3 * sec / r["steps"],
+            "speedup_vs_lora_all": lora_all / sec,
+            "flop_limit_multiple": sec / (f / (sgemm * 1e9)) if f else None,
+            "flops": f,
+            "accuracy": r["accuracy"],
+            "steps": r["steps"],
+            "cache_bytes": r["cache_bytes"],
+            "runs": r["runs"],
+        }
+    log("cold start (fresh process)")
+    cold = cold_start(args, empty_numba_cache=False)
+    compile_ = cold_start(args, empty_numba_cache=True) if args.compile_check and numba_available() else None
+    log("scaling")
+    scaling = scale(model, config, data, args, log)
+    skip2, inst = methods["skip2-lora"]["seconds"], methods["instantft"]["seconds"]
+    out = {
+        "methods": methods,
+        "flop_limit_seconds": flops["skip2-lora"] / (sgemm * 1e9),
+        "sgemm_gflops": sgemm,
+        "sgemm_gflops_rounds": gflops,
+        "nf4_overhead": inst / skip2 - 1,
+        "cold_start_seconds": cold["skip2-lora"]["first"] if cold else None,
+        "cold_start": cold,
+        "first_compile": compile_,
+        "peft_lora_seconds": methods[PEFT_ROW]["seconds"] if PEFT_ROW in methods else None,
+        "peft_lora_accuracy": methods[PEFT_ROW]["accuracy"] if PEFT_ROW in methods else None,
+        "scaling": scaling,
+        "machine": {**machine(args.threads), "load_average_before": load_before, "load_average_after": load_average()},
+        "setup": {
+            "dataset": "rotmnist",
+            "angle": args.angle,
+            "samples": len(data),
+            "eval_samples": len(evaluate),
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "rank": config.rank,
+            "steps": steps,
+            "repeats": args.repeats,
+            "engine": resolve_engine("auto"),
+            "backbone_sha256": meta.get("weights_sha256"),
+            "command": " ".join(["instantft", *sys.argv[1:]]),
+        },
+    }
+    out["targets"] = targets(out)
+    return out
+
+
+def scale(model: LeNet5, config: FineTuneConfig, data: ImageSet, args: argparse.Namespace, log: Callable) -> list:
+    """Skip2-LoRA and InstantFT time per sample·epoch from 1k to 73k samples."""
+    out = []
+    for n in args.scaling:
+        if n <= len(data):
+            subset, kind = data.subset(slice(0, n)), "rotmnist"
+        elif n < 10_000:
+            subset = make_task("rotmnist", angle=args.angle, samples=n, seed=0, data_dir=args.data_dir).finetune
+            kind = "rotmnist"
+        else:
+            subset, kind = synthetic_set(n, data), "synthetic"
+        subset.fingerprint  # noqa: B018  (hash the data once, outside the timed runs)
+        log(f"scaling {n} ({kind})")
+        for name in ("skip2-lora", "instantft"):
+            runs, fit = [], None
+            for _ in range(max(1, min(args.repeats, 3))):
+                seconds, fit, _m = timed_fit(lambda nm=name: create(nm, model, config), subset)
+                runs.append(seconds)
+                del _m
+            sec = statistics.median(runs)
+            out.append(
+                {
+                    "method": name,
+                    "samples": n,
+                    "data": kind,
+                    "seconds": sec,
+                    "us_per_sample_epoch": 1e6 * sec / (n * config.epochs),
+                    "cache_bytes": fit.cache_bytes,
+                    "runs": runs,
+                }
+            )
+            gc.collect()
+    return out
+
+
+def targets(out: dict[str, Any]) -> dict[str, Any]:
+    """Issue 5's targets, each with the measured value and whether it is met."""
+    m = out["methods"]
+    scaling = [s for s in out["scaling"] if s["method"] == "instantft"]
+    nf4_73k = next((s["cache_bytes"] for s in scaling if s["samples"] == 73257), None)
+    rows = {
+        "skip2-lora speedup vs lora-all >= 40": (m["skip2-lora"]["speedup_vs_lora_all"], 40, "ge"),
+        "skip2-lora speedup vs ft-all >= 40": (m["ft-all"]["seconds"] / m["skip2-lora"]["seconds"], 40, "ge"),
+        "instantft speedup vs lora-all >= 35": (m["instantft"]["speedup_vs_lora_all"], 35, "ge"),
+        "instantft speedup vs ft-all >= 35": (m["ft-all"]["seconds"] / m["instantft"]["seconds"], 35, "ge"),
+        "skip2-lora x of FLOP limit <= 5": (m["skip2-lora"]["flop_limit_multiple"], 5, "le"),
+        "nf4 overhead <= 0.10": (out["nf4_overhead"], 0.10, "le"),
+        "cold start seconds <= 1": (out["cold_start_seconds"], 1.0, "le"),
+        "nf4 cache for 73,257 samples <= 75 MB": (nf4_73k, 75e6, "le"),
+    }
+    result = {}
+    for name, (value, bound, how) in rows.items():
+        met = None if value is None else (value >= bound if how == "ge" else value <= bound)
+        result[name] = {"value": value, "met": met}
+    return result
+
+
+# --- output -----------------------------------------------------------------------------------
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(out: dict[str, Any]) -> str:
+    mc, setup = out["machine"], out["setup"]
+    lines = [
+        "# instantft bench",
+        "",
+        f"RotMNIST {setup['angle']:g}°, {setup['samples']} samples, {setup['epochs']} epochs, batch "
+        f"{setup['batch_size']} ({setup['steps']} steps), rank {setup['rank']}, lr {setup['lr']}; median of "
+        f"{setup['repeats']} interleaved rounds after a warm-up; end to end (cache fill and quantisation included).",
+        "",
+        f"Machine: {mc.get('cpu')}, {mc.get('cores')} cores, {mc.get('threads')} threads; torch {mc.get('torch')}, "
+        f"numba {mc.get('numba')}; engine `{setup['engine']}`; load average before/after "
+        f"{mc.get('load_average_before')} / {mc.get('load_average_after')}.",
+        "",
+        "| method | seconds | ms/step | × vs lora-all | × of FLOP limit | accuracy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in out["methods"].items():
+        lines.append(
+            f"| {name} | {m['seconds']:.4f} | {m['ms_per_step']:.3f} | {m['speedup_vs_lora_all']:.1f} | "
+            f"{_fmt(m['flop_limit_multiple'], '.1f')} | {100 * m['accuracy']:.2f} % |"
+        )
+    lines += [
+        "",
+        *notes(out),
+        "",
+        "## Scaling",
+        "",
+        "| method | samples | data | seconds | µs per sample·epoch | cache |",
+    ]
+    lines.append("|---|---:|---|---:|---:|---:|")
+    for s in out["scaling"]:
+        lines.append(
+            f"| {s['method']} | {s['samples']:,} | {s['data']} | {s['seconds']:.3f} | {s['us_per_sample_epoch']:.3f} | "
+            f"{s['cache_bytes'] / 1e6:.1f} MB |"
+        )
+    lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
+    for name, t in out["targets"].items():
+        lines.append(
+            f"| {name} | {_fmt(t['value'], '.4g')} | {'-' if t['met'] is None else 'yes' if t['met'] else 'no'} |"
+        )
+    lines += ["", f"Reproduce: `{out['setup']['command']}`", ""]
+    return "\n".join(lines)
+
+
+def notes(out: dict[str, Any]) -> list[str]:
+    """The figures beside the table: the limit, NF4, cold start, the peer."""
+    cold = out.get("cold_start") or {}
+    comp = out.get("first_compile") or {}
+
+    def run(d: dict, method: str, which: str, spec: str) -> str:
+        return _fmt(d.get(method, {}).get(which), spec)
+
+    peft_acc = out["peft_lora_accuracy"]
+    gflop = out["methods"]["skip2-lora"]["flops"] / 1e9
+    return [
+        f"- sgemm: {out['sgemm_gflops']:.1f} GFLOP/s (best of the rounds, 1024³, same threads); the Skip2-LoRA "
+        f"run is {gflop:.3f} GFLOP, so its FLOP limit is {1e3 * out['flop_limit_seconds']:.2f} ms.",
+        f"- NF4 overhead (instantft ÷ skip2-lora − 1): {100 * out['nf4_overhead']:.1f} %.",
+        f"- Cold start, first fine-tune in a fresh process (numba cache on disk): skip2-lora "
+        f"{run(cold, 'skip2-lora', 'first', '.3f')} s, then instantft {run(cold, 'instantft', 'first', '.3f')} s; "
+        f"second runs {run(cold, 'skip2-lora', 'second', '.4f')} s / {run(cold, 'instantft', 'second', '.4f')} s.",
+        f"- First compile ever (empty numba cache): skip2-lora {run(comp, 'skip2-lora', 'first', '.2f')} s, "
+        f"then instantft {run(comp, 'instantft', 'first', '.2f')} s.",
+        f"- PEFT LoRA peer: {_fmt(out['peft_lora_seconds'], '.3f')} s, accuracy "
+        f"{_fmt(None if peft_acc is None else 100 * peft_acc, '.2f')} %.",
+    ]
+
+
+def print_table(out: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="instantft bench (median seconds, end to end)")
+    for col in ("method", "seconds", "ms/step", "× vs lora-all", "× of FLOP limit", "accuracy"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for name, m in out["methods"].items():
+        table.add_row(
+            name,
+            f"{m['seconds']:.4f}",
+            f"{m['ms_per_step']:.3f}",
+            f"{m['speedup_vs_lora_all']:.1f}",
+            _fmt(m["flop_limit_multiple"], ".1f"),
+            f"{100 * m['accuracy']:.2f} %",
+        )
+    console = Console()
+    console.print(table)
+    for line in notes(out):
+        console.print(line, markup=False)
+    for name, t in out["targets"].items():
+        console.print(
+            f"target {name}: {_fmt(t['value'], '.4g')} ({'-' if t['met'] is None else 'met' if t['met'] else 'missed'})"
+        )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.samples < 40:
+        raise InstantFTError(f"--samples must be >= 40, got {args.samples}")
+    args.scaling = [int(s) for s in args.scaling.split(",")] if args.scaling else []
+    log = (lambda msg: print(msg, file=sys.stderr)) if not args.json else (lambda msg: None)
+    out = bench(args, log)
+    if args.markdown:
+        from instantft.fileio import atomic_write_text
+
+        atomic_write_text(Path(args.markdown), markdown(out))
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print_table(out)
+    return 0
+
+
+def add_bench(sub: Any) -> None:
+    from instantft.cli import common
+
+    p = sub.add_parser("bench", parents=[common()], help="time every method's fine-tune (issue 5's benchmark)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--samples", type=int, default=1024, help="fine-tuning samples (default 1024)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up (default 5)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--angle", type=float, default=90.0)
+    p.add_argument("--checkpoint", default=None, help="backbone (default: the bundled MNIST one)")
+    p.add_argument(
+        "--scaling",
+        default=",".join(str(s) for s in SCALING_SIZES),
+        help="sample counts for the scaling runs, comma-separated ('' to skip)",
+    )
+    p.add_argument(
+        "--no-compile-check",
+        dest="compile_check",
+        action="store_false",
+        help="skip timing a first-ever compile in a process with an empty numba cache",
+    )
+    p.add_argument("--markdown", default=None, help="also write the report as Markdown to this file")
+    p.set_defaults(func=cmd_bench)
