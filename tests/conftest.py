@@ -12,7 +12,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("INSTANTFT_DATA", str(ROOT.parent / "shared" / "data"))
 os.environ["INSTANTFT_OFFLINE"] = "1"
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny matmuls: a second thread only adds contention
 
 
 @pytest.fixture(autouse=True)

@@ -70,6 +70,12 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cache-fill", choices=["batched", "lazy"], default=None)
     p.add_argument("--cache-max-bytes", type=int, default=None, help="fail if the forward cache grows past this")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "numba", "torch", "reference"],
+        default=None,
+        help="training loop of skip-lora/skip2-lora/instantft (default auto: numba if installed, else torch)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, dataset: str, seed: int) -> Any:
@@ -89,6 +95,7 @@ def config_from_args(args: argparse.Namespace, dataset: str, seed: int) -> Any:
         drop_last=args.drop_last,
         cache_fill=args.cache_fill,
         cache_max_bytes=args.cache_max_bytes,
+        engine=args.engine,
     )
 
 
@@ -99,7 +106,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     if args.method not in method_names():
         raise InstantFTError(f"unknown method {args.method!r}; valid: {', '.join(method_names())}")
+    from instantft.fixedpoint import describe, numerics_config
+
     config = config_from_args(args, args.dataset, args.seed)
+    fixed = numerics_config(
+        args.numerics, args.act_format, args.param_format, args.rounding, args.softmax_table_size, args.softmax_range
+    )
     result = finetune(
         args.method,
         args.dataset,
@@ -110,6 +122,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         eval_samples=args.eval_samples,
         data_dir=args.data_dir,
         threads=args.threads,
+        numerics=args.numerics,
+        fixed=fixed,
     )
     record = result.record
     if args.save_adapter:
@@ -121,6 +135,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         from instantft.report import print_runs
 
         print_runs([record], title=f"{args.dataset} {args.angle:g}°, seed {args.seed}")
+        print(describe(record))
     return 0
 
 
@@ -141,6 +156,13 @@ def add_finetune(sub: Sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     add_finetune_options(p)
+    fx = p.add_argument_group("fixed-point numerics (the FPGA datapath, instantft only)")
+    fx.add_argument("--numerics", choices=["float", "fixed"], default="float", help="default float")
+    fx.add_argument("--act-format", default=None, help="activations, Qm.n with m counting the sign (default Q8.16)")
+    fx.add_argument("--param-format", default=None, help="parameters and gradients (default Q4.12)")
+    fx.add_argument("--rounding", choices=["round-half-up", "truncate"], default=None, help="default round-half-up")
+    fx.add_argument("--softmax-table-size", type=int, default=None, help="entries per softmax table (default 1024)")
+    fx.add_argument("--softmax-range", type=float, default=None, help="exp table input range (default 8)")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -202,7 +224,33 @@ def add_demo(sub: Sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-PARSERS: list[Callable[[Sub], None]] = [add_pretrain, add_finetune, add_evaluate, add_demo]
+def add_reproduce(sub: Sub) -> None:
+    from instantft.experiments.reproduce import add_reproduce as add
+
+    add(sub)
+
+
+def add_table1(sub: Sub) -> None:
+    from instantft.analysis.table1 import add_table1 as add
+
+    add(sub)
+
+
+def add_bench(sub: Sub) -> None:
+    from instantft.experiments.bench import add_bench as add
+
+    add(sub)
+
+
+PARSERS: list[Callable[[Sub], None]] = [
+    add_pretrain,
+    add_finetune,
+    add_evaluate,
+    add_demo,
+    add_reproduce,
+    add_table1,
+    add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ import torch
 
 from instantft.data import DriftTask, make_task
 from instantft.errors import InstantFTError
-from instantft.methods import FineTuneConfig, Method, create
+from instantft.fixedpoint import FixedPointConfig
+from instantft.methods import DivergedError, FineTuneConfig, FitResult, Method, create
 from instantft.models import ARCH_FOR_DATASET, LeNet5, accuracy, bundled_checkpoint, load_checkpoint
 
 DEFAULT_LR = {"rotmnist": 0.1, "rotfmnist": 0.1, "svhn": 0.025}
@@ -50,8 +51,13 @@ def finetune(
     eval_samples: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     threads: int | None = None,
+    record_divergence: bool = False,
+    accuracy_before: float | None = None,
+    numerics: str = "float",
+    fixed: FixedPointConfig | None = None,
 ) -> RunResult:
-    """Fine-tune ``method`` on a drift task and evaluate before and after."""
+    """Fine-tune ``method`` on a drift task and evaluate before and after. ``numerics="fixed"``:
+    InstantFT in the FPGA core's integer arithmetic (:mod:`instantft.fixedpoint`, config ``fixed``)."""
     config = config or FineTuneConfig(lr=DEFAULT_LR.get(dataset, 0.1))
     if threads is not None:
         torch.set_num_threads(threads)
@@ -59,13 +65,27 @@ def finetune(
     task = task or make_task(
         dataset, angle=angle, samples=samples, seed=config.seed, eval_samples=eval_samples, data_dir=data_dir
     )
-    m = create(method, model, config)
+    if numerics == "float" and fixed is None:
+        m = create(method, model, config)
+    else:
+        from instantft.fixedpoint.trainer import fixed_point_method
+
+        m = fixed_point_method(method, model, config, fixed, numerics)
     ev = task.evaluate
-    before = accuracy(m.logits(ev.images), ev.labels)
-    fit = m.fit(task.finetune)
+    # the adapters are a no-op at init, so a caller running several methods on one task may pass
+    # the base model's accuracy instead of re-evaluating it for each (tests check the no-op)
+    before = accuracy(m.logits(ev.images), ev.labels) if accuracy_before is None else accuracy_before
+    diverged = None
+    try:
+        fit = m.fit(task.finetune)
+    except DivergedError as exc:
+        if not record_divergence:
+            raise
+        fit, diverged = FitResult(), str(exc)  # a sweep keeps the run: NaN weights score what they score
     after = accuracy(m.logits(ev.images), ev.labels)
     record = {
         "method": method,
+        "numerics": numerics,
         "dataset": dataset,
         "angle": task.angle,
         "seed": config.seed,
@@ -82,9 +102,12 @@ def finetune(
         "steps": fit.steps,
         "cache_bytes": fit.cache_bytes,
         "epoch_losses": fit.epoch_losses,
+        "diverged": diverged,
         "config": config.to_dict(),
         "checkpoint": {k: meta.get(k) for k in ("architecture", "dataset", "seed", "test_accuracy", "weights_sha256")},
     }
+    if numerics == "fixed":
+        record["fixed_point"] = m.report()  # type: ignore[attr-defined]
     return RunResult(m, record)
 
 

@@ -132,8 +132,10 @@ def verify(path: Path, known_hash: str) -> None:
         )
 
 
-def locate(dataset: str, names: list[str], data_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
-    """Find (or download) and verify each named file of ``dataset``; return name -> path."""
+def locate(
+    dataset: str, names: list[str], data_dir: str | os.PathLike[str] | None = None, download: bool = True
+) -> dict[str, Path]:
+    """Find (or, with ``download``, fetch) and verify each named file of ``dataset``; return name -> path."""
     if dataset not in REGISTRY:
         raise InstantFTError(f"unknown dataset {dataset!r}; valid: {', '.join(REGISTRY)}")
     dirs = search_dirs(data_dir)
@@ -153,6 +155,9 @@ def locate(dataset: str, names: list[str], data_dir: str | os.PathLike[str] | No
                 break
         else:
             missing.append(spec)
+    if missing and not download:
+        names_missing = ", ".join(spec.relpath for spec in missing)
+        raise InstantFTError(f"missing data files {names_missing} (looked in {', '.join(map(str, dirs[:-1]))})")
     for spec in missing:
         found[Path(spec.relpath).name] = _download(spec, dirs)
     return found

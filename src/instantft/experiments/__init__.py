@@ -1,0 +1,1 @@
+"""Experiments: reproduce (the paper), bench (speed), fixed-point study."""

@@ -1,0 +1,408 @@
+"""``instantft reproduce``: the paper's Fig. 7 accuracy sweep, the talk's table, the time panel,
+the cache sizes, an ablation of the defaults the paper leaves open, and a report with plots.
+
+Every fine-tuning run is one object in ``results.json`` keyed by (study, dataset, angle, method,
+seed, variant). The file is rewritten atomically after each group of runs, and a re-run skips
+the runs already in it, so an interrupt loses at most the groups in flight. Runs are grouped by
+(dataset, angle, seed, variant) so a group shares its task and backbone; ``--jobs`` runs groups
+in parallel processes (one torch thread each).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instantft.analysis.paper import PAPER_NAMES
+from instantft.errors import InstantFTError
+from instantft.fileio import atomic_write_json
+from instantft.progress import progress_bar
+
+ANGLES = (15, 30, 45, 60, 75, 90)
+DATASETS = ("rotmnist", "rotfmnist")
+#: the methods in the order of the paper's figures and the talk's table
+METHODS = ("none", "ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora", "instantft")
+#: display names: the paper's, with the talk's name for InstantFT's method
+LABELS = {"none": "No fine-tuning", **PAPER_NAMES, "instantft": "InstantFT (Quant Skip2-LoRA)"}
+
+#: Figures reported by the paper and the talk: printed beside ours, never used to compute anything.
+PAPER_REPORTED: dict[str, Any] = {
+    "accuracy_90": {
+        ("rotmnist", "instantft"): 91.8,
+        ("rotmnist", "lora-all"): 91.2,
+        ("rotfmnist", "instantft"): 77.9,
+        ("rotfmnist", "lora-all"): 75.1,
+    },
+    "drop_15_to_90": {
+        ("rotmnist", "instantft"): 5.2,
+        ("rotmnist", "lora-all"): 5.7,
+        ("rotfmnist", "instantft"): 2.8,
+        ("rotfmnist", "lora-all"): 6.2,
+    },
+    "talk_75": {
+        "none": 9.18,
+        "ft-last": 60.94,
+        "lora-last": 53.81,
+        "lora-all": 75.59,
+        "skip-lora": 73.54,
+        "skip2-lora": 73.54,
+        "instantft": 74.02,
+    },
+    "talk_seconds_rpi": {
+        "ft-last": 18.09,
+        "lora-last": 18.09,
+        "lora-all": 114.15,
+        "skip-lora": 19.84,
+        "skip2-lora": 3.90,
+        "instantft": 4.27,
+    },
+    "talk_cache_kb": {"skip2-lora": 7336, "instantft": 1036},
+    "speedups": {"lora-all->skip-lora": 4.8, "skip-lora->skip2-lora": 5.1, "nf4_overhead": 0.088},
+    "cache_mb": {"fp32_1024": 7.33, "nf4_1024": 1.02, "fp32_73257": 524.52, "nf4_73257": 72.89},
+}
+
+#: The ablation of the two choices the paper does not state (see the README).
+ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
+    "drop-last, A~N(0,0.1²)": {"drop_last": True, "init": "gaussian", "init_std": 0.1},
+    "keep-last, A~N(0,0.1²)": {"drop_last": False, "init": "gaussian", "init_std": 0.1},
+    "drop-last, A~N(0,0.01²)": {"drop_last": True, "init": "gaussian", "init_std": 0.01},
+    "drop-last, A~N(0,1)": {"drop_last": True, "init": "gaussian", "init_std": 1.0},
+    "drop-last, kaiming-uniform": {"drop_last": True, "init": "kaiming"},
+    "keep-last, kaiming-uniform": {"drop_last": False, "init": "kaiming"},
+}
+ABLATION_METHODS = ("lora-all", "instantft")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Runs that share a task: one (study, dataset, angle, seed, variant) and several methods."""
+
+    study: str
+    dataset: str
+    angle: float
+    seed: int
+    methods: tuple[str, ...]
+    variant: str = "default"
+    overrides: tuple[tuple[str, Any], ...] = ()
+    samples: int = 1024
+    eval_samples: int | None = None
+
+
+def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["study"], r["dataset"], float(r["angle"]), r["method"], int(r["seed"]), r.get("variant", "default"))
+
+
+@lru_cache(maxsize=4)
+def _backbone(dataset: str) -> Any:
+    from instantft.run import load_backbone
+
+    return load_backbone(dataset)
+
+
+def run_group(group: Group, threads: int | None = None, data_dir: str | None = None) -> list[dict[str, Any]]:
+    """Run every method of a group (in a worker process or inline)."""
+    from instantft.data import make_task
+    from instantft.machine import machine_info
+    from instantft.models import accuracy, predict
+    from instantft.run import config_for, finetune
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    backbone = _backbone(group.dataset)
+    config = config_for(group.dataset, seed=group.seed, **dict(group.overrides))
+    task = make_task(group.dataset, angle=group.angle, seed=group.seed, samples=group.samples,
+                     eval_samples=group.eval_samples, data_dir=data_dir)
+    machine = machine_info()
+    before = accuracy(predict(backbone[0], task.evaluate.images), task.evaluate.labels)
+    out = []
+    for method in group.methods:
+        rec = finetune(
+            method, group.dataset, config=config, backbone=backbone, task=task, record_divergence=True,
+            accuracy_before=before,
+        ).record
+        rec.update(
+            study=group.study,
+            variant=group.variant,
+            machine=machine,
+            package_version=machine["instantft"],
+            git_commit=machine["git_commit"],
+        )
+        out.append(rec)
+    return out
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InstantFTError(f"{path}: not valid JSON ({exc}); move it away to start afresh") from None
+    if not isinstance(data, list):
+        raise InstantFTError(f"{path}: expected a JSON list of runs")
+    return data
+
+
+def run_groups(
+    groups: Sequence[Group],
+    results_path: Path,
+    jobs: int = 1,
+    show_progress: bool = True,
+    data_dir: str | None = None,
+    description: str = "reproduce",
+) -> list[dict[str, Any]]:
+    """Run the groups whose runs are not yet in ``results_path``; save after every group."""
+    results = load_results(results_path)
+    done = {run_key(r) for r in results}
+    todo = []
+    for g in groups:
+        missing = tuple(m for m in g.methods if (g.study, g.dataset, float(g.angle), m, g.seed, g.variant) not in done)
+        if missing:
+            todo.append(replace(g, methods=missing))
+    total = sum(len(g.methods) for g in groups)
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task(description, total=total, completed=total - sum(len(g.methods) for g in todo), status="")
+
+        def finish(records: list[dict[str, Any]], g: Group) -> None:
+            results.extend(records)
+            atomic_write_json(results_path, results)
+            bar.advance(task, len(records))
+            bar.update(task, status=f"{g.dataset} {g.angle:g}° seed {g.seed} {g.variant}")
+
+        if jobs <= 1:
+            for g in todo:
+                finish(run_group(g, data_dir=data_dir), g)
+        else:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                pending: dict[Future[list[dict[str, Any]]], Group] = {}
+                queue = list(todo)
+                while queue or pending:
+                    while queue and len(pending) < 2 * jobs:
+                        g = queue.pop(0)
+                        pending[pool.submit(run_group, g, 1, data_dir)] = g
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        finish(fut.result(), pending.pop(fut))
+    return results
+
+
+# --- timing (Fig. 7 time panel, the talk's table) ----------------------------------------------
+def time_methods(
+    methods: Iterable[str] = METHODS[1:],
+    dataset: str = "rotmnist",
+    angle: float = 90.0,
+    repeats: int = 5,
+    threads: int = 2,
+    seed: int = 0,
+    samples: int = 1024,
+    epochs: int | None = None,
+) -> dict[str, Any]:
+    """Median fine-tune seconds of each method in this process (round-robin over the methods so
+    they share the machine's noise), after one warm-up, and one base forward (inference only)."""
+    from instantft.data import make_task
+    from instantft.methods import create
+    from instantft.models import predict
+    from instantft.run import config_for, load_backbone
+
+    torch.set_num_threads(threads)
+    model, _ = load_backbone(dataset)
+    task = make_task(dataset, angle=angle, seed=seed, samples=samples)
+    config = config_for(dataset, seed=seed, epochs=epochs)
+    methods = list(methods)
+    seconds: dict[str, list[float]] = {m: [] for m in methods}
+    cache_bytes: dict[str, int] = {}
+    infer: list[float] = []
+    for rep in range(repeats + 1):
+        for m in methods:
+            fit = create(m, model, config).fit(task.finetune)
+            if rep:
+                seconds[m].append(fit.seconds)
+            cache_bytes[m] = fit.cache_bytes
+        t0 = time.perf_counter()
+        predict(model, task.finetune.images, batch_size=len(task.finetune))
+        if rep:
+            infer.append(time.perf_counter() - t0)
+    med = {m: statistics.median(v) for m, v in seconds.items()}
+    return {
+        "dataset": dataset,
+        "angle": angle,
+        "samples": len(task.finetune),
+        "repeats": repeats,
+        "threads": threads,
+        "median_seconds": med,
+        "all_seconds": seconds,
+        "cache_bytes": cache_bytes,
+        "inference_seconds": statistics.median(infer),
+        "speedups": {
+            "lora-all->skip-lora": med["lora-all"] / med["skip-lora"],
+            "skip-lora->skip2-lora": med["skip-lora"] / med["skip2-lora"],
+            "lora-all->instantft": med["lora-all"] / med["instantft"],
+            "nf4_overhead": med["instantft"] / med["skip2-lora"] - 1.0,
+        },
+    }
+
+
+def cache_sizes() -> dict[str, int]:
+    """Exact bytes of the fp32 and NF4 caches for 1,024 MNIST-shaped and 73,257 SVHN samples."""
+    from instantft.cache import ForwardCache
+    from instantft.models import build
+
+    out = {}
+    for arch, n in (("lenet5-mnist", 1024), ("lenet5-svhn", 73257)):
+        model = build(arch)
+        sizes = [*model.layer_input_sizes()[1:], model.config.num_classes]
+        for storage in ("fp32", "nf4"):
+            out[f"{storage}_{n}"] = n * ForwardCache(sizes, 0, storage).row_bytes  # type: ignore[arg-type]
+    return out
+
+
+# --- summaries ------------------------------------------------------------------------------
+def summarise(results: Sequence[dict[str, Any]], study: str, variant: str = "default") -> dict[tuple, dict]:
+    """(dataset, angle, method) -> mean/std/n of accuracy_after in % and diverged count."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["study"] == study and r.get("variant", "default") == variant:
+            groups.setdefault((r["dataset"], float(r["angle"]), r["method"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        acc = [100 * r["accuracy_after"] for r in rs]
+        out[key] = {
+            "mean": statistics.fmean(acc),
+            "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "n": len(acc),
+            "diverged": sum(1 for r in rs if r.get("diverged")),
+            "seed0": next((100 * r["accuracy_after"] for r in rs if r["seed"] == 0), math.nan),
+            "seconds": statistics.median(r["finetune_seconds"] for r in rs),
+            "cache_bytes": max(r["cache_bytes"] for r in rs),
+        }
+    return out
+
+
+@dataclass
+class ReproduceConfig:
+    out: Path = Path("results/reproduce")
+    seeds: int = 10
+    quick: bool = False
+    jobs: int = 1
+    angles: tuple[int, ...] = ANGLES
+    datasets: tuple[str, ...] = DATASETS
+    timing_repeats: int = 5
+    ablation: bool = True
+    fixedpoint: bool = True
+    show_progress: bool = True
+    data_dir: str | None = None
+    #: smaller runs for tests: fine-tuning samples, evaluation samples, epochs
+    samples: int = 1024
+    eval_samples: int | None = None
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.seeds, self.angles, self.timing_repeats = min(self.seeds, 2), (45, 90), min(self.timing_repeats, 3)
+        if self.seeds < 1:
+            raise InstantFTError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.jobs < 1:
+            raise InstantFTError(f"--jobs must be >= 1, got {self.jobs}")
+
+
+def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
+    """Run everything, write results.json, tables, plots and report.md into ``cfg.out``."""
+    from instantft.experiments import report
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    groups = [
+        Group("fig7", d, float(a), s, METHODS) for d in cfg.datasets for a in cfg.angles for s in range(cfg.seeds)
+    ]
+    if 75 not in cfg.angles:  # the talk's table
+        groups += [Group("fig7", "rotfmnist", 75.0, s, METHODS) for s in range(cfg.seeds)]
+    if cfg.ablation:
+        for name, overrides in ABLATION_VARIANTS.items():
+            for d in cfg.datasets:
+                groups += [
+                    Group("ablation", d, 90.0, s, ABLATION_METHODS, name, tuple(overrides.items()))
+                    for s in range(cfg.seeds)
+                ]
+    results = run_groups(groups, results_path, cfg.jobs, cfg.show_progress, cfg.data_dir)
+    timing_path = out / "timing.json"
+    if timing_path.is_file():
+        timing = json.loads(timing_path.read_text())
+    else:
+        timing = time_methods(repeats=cfg.timing_repeats, samples=cfg.samples, epochs=cfg.epochs)
+        atomic_write_json(timing_path, timing)
+    from instantft.analysis.table1 import table1_markdown
+
+    extras: dict[str, Any] = {
+        "cache_sizes": cache_sizes(),
+        "timing": timing,
+        "svhn": svhn_note(cfg.data_dir),
+        "table1_markdown": table1_markdown("both", 4),
+    }
+    if cfg.fixedpoint:
+        extras["fixedpoint"] = _fixedpoint(out / "fixedpoint", cfg)
+    report.write_all(out, results, extras, cfg)
+    return extras
+
+
+def svhn_note(data_dir: str | None) -> str:
+    from instantft.data import files
+
+    try:
+        files.locate("svhn", ["train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"], data_dir, download=False)
+    except InstantFTError as exc:
+        return f"SVHN N-sweep skipped: {exc}. SVHN cannot be obtained on the machines this report was made on."
+    return (
+        "SVHN files are present, but the N-sweep (pre-training on up to 521,131 SVHN-extra images per N) is "
+        "not automated by `reproduce`: run `instantft pretrain --dataset svhn --samples N` and "
+        "`instantft finetune --dataset svhn --checkpoint ...` per N."
+    )
+
+
+def _fixedpoint(out: Path, cfg: ReproduceConfig) -> dict[str, Any] | None:
+    try:
+        from instantft.experiments.fixedpoint_study import run_study
+    except ImportError:
+        return None
+    return run_study(out, seeds=cfg.seeds, quick=cfg.quick, jobs=cfg.jobs)
+
+
+def add_reproduce(sub: Any) -> None:
+    from instantft.cli import common
+
+    p = sub.add_parser("reproduce", parents=[common()], help="reproduce the paper's figures and tables")
+    p.add_argument("--quick", action="store_true", help="2 seeds, 45° and 90° (a few minutes)")
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
+    p.add_argument("--out", default="results/reproduce")
+    p.add_argument("--no-ablation", action="store_true", help="skip the ablation of the unstated defaults")
+    p.add_argument("--no-fixedpoint", action="store_true", help="skip the fixed-point column and format sweep")
+    p.add_argument("--timing-repeats", type=int, default=5)
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args: Any) -> int:
+    cfg = ReproduceConfig(
+        out=Path(args.out),
+        seeds=args.seeds,
+        quick=args.quick,
+        jobs=args.jobs,
+        timing_repeats=args.timing_repeats,
+        ablation=not args.no_ablation,
+        fixedpoint=not args.no_fixedpoint,
+        data_dir=args.data_dir,
+    )
+    reproduce(cfg)
+    print(f"report written to {Path(args.out) / 'report.md'}")
+    return 0
