@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 from pathlib import Path
@@ -16,6 +15,8 @@ import torch
 from instantft.data import files, load_split, make_task, rotate
 from instantft.data.readers import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx, read_idx_pair, read_svhn_mat
 from instantft.errors import InstantFTError
+
+from .conftest import write_svhn_mat
 
 
 def write_idx(path: Path, magic: int, array: np.ndarray, compress: bool = True) -> Path:
@@ -107,18 +108,8 @@ def test_labels_outside_range(tmp_path: Path):
         read_idx_pair(im, lb)
 
 
-def svhn_mat(path: Path, n: int, seed: int = 0, **drop: bool) -> Path:
-    rng = np.random.default_rng(seed)
-    data = {
-        "X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
-        "y": rng.integers(1, 11, (n, 1)).astype(np.uint8),
-    }
-    scipy.io.savemat(path, {k: v for k, v in data.items() if not drop.get(k)})
-    return path
-
-
 def test_svhn_mat_layout_and_labels(tmp_path: Path):
-    p = svhn_mat(tmp_path / "train_32x32.mat", 7)
+    p = write_svhn_mat(tmp_path / "train_32x32.mat", 7)
     raw = scipy.io.loadmat(p)
     images, labels = read_svhn_mat(p)
     assert images.shape == (7, 3, 32, 32)
@@ -129,21 +120,14 @@ def test_svhn_mat_layout_and_labels(tmp_path: Path):
 
 @pytest.mark.parametrize("missing", ["X", "y"])
 def test_svhn_mat_without_variable(tmp_path: Path, missing: str):
-    p = svhn_mat(tmp_path / "test_32x32.mat", 3, **{missing: True})
+    p = write_svhn_mat(tmp_path / "test_32x32.mat", 3, drop=(missing,))
     with pytest.raises(InstantFTError, match=rf"test_32x32.mat: .mat file has no '{missing}' variable"):
         read_svhn_mat(p)
 
 
-def test_svhn_task_from_real_format_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_svhn_task_from_real_format_files(svhn_dir: Path):
     """The SVHN protocol end to end on small files in the real layout, verified by checksum."""
-    d = tmp_path / "svhn"
-    d.mkdir()
-    for name, n in (("train_32x32.mat", 50), ("test_32x32.mat", 30)):
-        p = svhn_mat(d / name, n, seed=n)
-        spec = files.REGISTRY["svhn"][name]
-        digest = hashlib.md5(p.read_bytes()).hexdigest()
-        monkeypatch.setitem(files.REGISTRY["svhn"], name, files.DataFile(spec.relpath, f"md5:{digest}", spec.urls))
-    task = make_task("svhn", samples=40, data_dir=tmp_path)
+    task = make_task("svhn", samples=40, data_dir=svhn_dir)
     assert task.finetune.images.shape == (40, 3, 32, 32) and len(task.evaluate) == 30
     assert torch.equal(task.finetune.indices, torch.arange(40))
 

@@ -8,11 +8,13 @@ from pathlib import Path
 from instantft.experiments.reproduce import ReproduceConfig, reproduce
 
 
-def test_reproduce_tiny(tmp_path: Path):
-    cfg = ReproduceConfig(out=tmp_path, seeds=1, angles=(90,), datasets=("rotmnist",), samples=60, eval_samples=100,
-                          epochs=1, timing_repeats=1, ablation=True, fixedpoint=False, show_progress=False)
+def test_reproduce_tiny(tmp_path: Path, svhn_dir: Path):
+    out = tmp_path / "out"
+    cfg = ReproduceConfig(out=out, seeds=1, angles=(90,), datasets=("rotmnist",), samples=60, eval_samples=100,
+                          epochs=1, timing_repeats=1, ablation=True, fixedpoint=False, show_progress=False,
+                          data_dir=str(svhn_dir), svhn_ns=(50, 100), svhn_samples=40)
     reproduce(cfg)
-    runs = json.loads((tmp_path / "results.json").read_text())
+    runs = json.loads((out / "results.json").read_text())
     fig7 = [r for r in runs if r["study"] == "fig7"]
     assert {(r["dataset"], r["angle"]) for r in fig7} == {("rotmnist", 90.0), ("rotfmnist", 75.0)}
     assert len(fig7) == 2 * 9
@@ -22,10 +24,15 @@ def test_reproduce_tiny(tmp_path: Path):
             assert key in r, key
     for name in ("report.md", "accuracy_vs_angle.png", "finetune_time.png", "cache_size.png", "accuracy_rotmnist.md",
                  "accuracy_rotmnist.csv", "talk_table.md", "ablation.md", "timing.json"):
-        assert (tmp_path / name).is_file(), name
-    report = (tmp_path / "report.md").read_text()
-    assert "91.8" in report and "What matched" in report
+        assert (out / name).is_file(), name
+    svhn = [r for r in runs if r["study"] == "svhn"]
+    assert {r["variant"] for r in svhn} == {"N=50", "N=100"} and len(svhn) == 2 * 9
+    assert all(r["samples"] == 40 and r["eval_samples"] == 30 for r in svhn)
+    assert all(r["checkpoint"]["architecture"] == "lenet5-svhn" for r in svhn)
+    assert all(r["samples"] == 60 and r["eval_samples"] == 100 for r in runs if r["study"] != "svhn")
+    report = (out / "report.md").read_text()
+    assert "91.8" in report and "What matched" in report and "SVHN: accuracy by pre-training size N" in report
     # resumable: a second run finds every run done and adds none
-    before = (tmp_path / "results.json").read_text()
+    before = (out / "results.json").read_text()
     reproduce(cfg)
-    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(before)
+    assert json.loads((out / "results.json").read_text()) == json.loads(before)

@@ -170,22 +170,20 @@ def _torch_runner(
     """``train(first, last)`` over the pure-torch loop (no numba)."""
     from instantft.engine.torch_loop import TorchTrainer
 
-    sizes = plan.offsets[1:] - plan.offsets[:-1]
-    trainer = TorchTrainer(layout, images, labels, int(sizes.max()))
     C, K, R = B.shape
     Bflat = B.view(C, K * R)  # column k·R + r is B_k[:, r]; a view, trained in place
-    lr, scale = config.lr, config.scale
+    nb_max = int((plan.offsets[1:] - plan.offsets[:-1]).max())
+    trainer = TorchTrainer(layout, images, labels, A, Bflat, nb_max, config.lr, config.scale)
 
     def train(first: int, last: int) -> int:
         for s in range(first, last):
             rows = plan.order[plan.offsets[s] : plan.offsets[s + 1]]
             slots = slot_of[rows]
             if cache.storage == "fp32":
-                trainer.gather_fp32(rows, slots, cache.rows)
+                views = trainer.gather_fp32(rows, slots, cache.rows)
             else:
-                trainer.gather_nf4(rows, slots, cache.codes, cache.absmax)
-            loss = float(trainer.step(len(rows), rows, A, Bflat, lr, scale))
-            losses[s] = loss
+                views = trainer.gather_nf4(rows, slots, cache.codes, cache.absmax)
+            losses[s] = loss = trainer.step(views, rows)
             if not np.isfinite(loss):
                 return s + 1 - first
         return last - first

@@ -382,11 +382,32 @@ def report_markdown(
     fp = extras.get("fixedpoint")
     if fp and fp.get("markdown"):
         lines += ["## Fixed-point datapath (FPGA golden model)", "", fp["markdown"], ""]
+    lines += svhn_section(results)
     lines += [extras.get("svhn", ""), ""]
     if extras.get("table1_markdown"):
         lines += ["## Table 1 (computed from the model)", "", extras["table1_markdown"], ""]
     lines += ["## What matched and what did not", "", *verdict(summary, timing, extras), ""]
     return "\n".join(lines)
+
+
+def svhn_section(results: list[dict[str, Any]]) -> list[str]:
+    """SVHN accuracy by pre-training size N (variant ``N=...``), beside the paper's figures."""
+    ns = sorted({int(r["variant"][2:]) for r in results if r["study"] == "svhn"})
+    if not ns:
+        return []
+    cells = {n: summarise(results, "svhn", f"N={n}") for n in ns}
+    rows = [[LABELS[m], *[pm(cells[n].get(("svhn", 0.0, m))) for n in ns]] for m in METHODS]
+    ref = PAPER_REPORTED
+    return [
+        "## SVHN: accuracy by pre-training size N",
+        "",
+        "Pre-trained on the first N SVHN-extra images, fine-tuned on the train split, evaluated on the test split. "
+        f"Paper at the smallest N: InstantFT {ref['svhn_smallest_n']['instantft']} %, LoRA-All "
+        f"{ref['svhn_smallest_n']['lora-all']} %; drop across N {ref['svhn_drop']['instantft']} / "
+        f"{ref['svhn_drop']['lora-all']} pts.",
+        "",
+        md_table(["method", *[f"N={n:,}" for n in ns]], rows),
+    ]
 
 
 def verdict(summary: dict, timing: dict, extras: dict) -> list[str]:

@@ -68,6 +68,8 @@ PAPER_REPORTED: dict[str, Any] = {
         "instantft": 4.27,
     },
     "talk_cache_kb": {"skip2-lora": 7336, "instantft": 1036},
+    "svhn_smallest_n": {"instantft": 79.0, "lora-all": 81.7},
+    "svhn_drop": {"instantft": 9.4, "lora-all": 6.7},
     "speedups": {"lora-all->skip-lora": 4.8, "skip-lora->skip2-lora": 5.1, "nf4_overhead": 0.088},
     "cache_mb": {"fp32_1024": 7.33, "nf4_1024": 1.02, "fp32_73257": 524.52, "nf4_73257": 72.89},
 }
@@ -82,6 +84,8 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "keep-last, kaiming-uniform": {"drop_last": False, "init": "kaiming"},
 }
 ABLATION_METHODS = ("lora-all", "instantft")
+#: SVHN pre-training sizes N from SVHN-extra (paper §5.1)
+SVHN_NS = (30000, 60000, 120000, 180000, 521131)
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class Group:
     overrides: tuple[tuple[str, Any], ...] = ()
     samples: int = 1024
     eval_samples: int | None = None
+    checkpoint: str | None = None  # None: the bundled backbone of the dataset
 
 
 def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -104,10 +109,10 @@ def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
 
 
 @lru_cache(maxsize=4)
-def _backbone(dataset: str) -> Any:
+def _backbone(dataset: str, checkpoint: str | None) -> Any:
     from instantft.run import load_backbone
 
-    return load_backbone(dataset)
+    return load_backbone(dataset, checkpoint)
 
 
 def run_group(group: Group, threads: int | None = None, data_dir: str | None = None) -> list[dict[str, Any]]:
@@ -119,7 +124,7 @@ def run_group(group: Group, threads: int | None = None, data_dir: str | None = N
 
     if threads is not None:
         torch.set_num_threads(threads)
-    backbone = _backbone(group.dataset)
+    backbone = _backbone(group.dataset, group.checkpoint)
     config = config_for(group.dataset, seed=group.seed, **dict(group.overrides))
     task = make_task(group.dataset, angle=group.angle, seed=group.seed, samples=group.samples,
                      eval_samples=group.eval_samples, data_dir=data_dir)
@@ -306,6 +311,9 @@ class ReproduceConfig:
     samples: int = 1024
     eval_samples: int | None = None
     epochs: int | None = None
+    #: the SVHN sweep: pre-training sizes N (paper §5.1) and fine-tuning samples (the train split)
+    svhn_ns: tuple[int, ...] = SVHN_NS
+    svhn_samples: int = 73257
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -318,23 +326,29 @@ class ReproduceConfig:
 
 def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     """Run everything, write results.json, tables, plots and report.md into ``cfg.out``."""
+    from instantft.analysis.table1 import table1_markdown
     from instantft.experiments import report
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    groups = [
-        Group("fig7", d, float(a), s, METHODS) for d in cfg.datasets for a in cfg.angles for s in range(cfg.seeds)
-    ]
-    if 75 not in cfg.angles:  # the talk's table
-        groups += [Group("fig7", "rotfmnist", 75.0, s, METHODS) for s in range(cfg.seeds)]
+    base = (("epochs", cfg.epochs),) if cfg.epochs is not None else ()
+    size = {"samples": cfg.samples, "eval_samples": cfg.eval_samples}
+    cells = [(d, float(a)) for d in cfg.datasets for a in cfg.angles]
+    if ("rotfmnist", 75.0) not in cells:  # the talk's table
+        cells.append(("rotfmnist", 75.0))
+    seeds = range(cfg.seeds)
+    groups = [Group("fig7", d, a, s, METHODS, overrides=base, **size) for d, a in cells for s in seeds]
     if cfg.ablation:
         for name, overrides in ABLATION_VARIANTS.items():
-            for d in cfg.datasets:
-                groups += [
-                    Group("ablation", d, 90.0, s, ABLATION_METHODS, name, tuple(overrides.items()))
-                    for s in range(cfg.seeds)
-                ]
+            groups += [
+                Group("ablation", d, 90.0, s, ABLATION_METHODS, name, tuple(overrides.items()) + base, **size)
+                for d in cfg.datasets
+                for s in seeds
+            ]
+    svhn = svhn_groups(cfg, out)
+    if isinstance(svhn, list):
+        groups += svhn
     results = run_groups(groups, results_path, cfg.jobs, cfg.show_progress, cfg.data_dir)
     timing_path = out / "timing.json"
     if timing_path.is_file():
@@ -342,12 +356,10 @@ def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     else:
         timing = time_methods(repeats=cfg.timing_repeats, samples=cfg.samples, epochs=cfg.epochs)
         atomic_write_json(timing_path, timing)
-    from instantft.analysis.table1 import table1_markdown
-
     extras: dict[str, Any] = {
         "cache_sizes": cache_sizes(),
         "timing": timing,
-        "svhn": svhn_note(cfg.data_dir),
+        "svhn": svhn if isinstance(svhn, str) else "",
         "table1_markdown": table1_markdown("both", 4),
     }
     if cfg.fixedpoint:
@@ -356,18 +368,31 @@ def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     return extras
 
 
-def svhn_note(data_dir: str | None) -> str:
+def svhn_groups(cfg: ReproduceConfig, out: Path) -> list[Group] | str:
+    """The SVHN N-sweep (paper §5.1 case 3): pre-train on the first N SVHN-extra images (one
+    checkpoint per N, kept in ``out/svhn/``), fine-tune on the train split, evaluate on the test
+    split. Returns the groups, or a note saying why the sweep is skipped."""
     from instantft.data import files
+    from instantft.pretrain import PretrainConfig, pretrain_to_file
 
+    if not cfg.svhn_ns:
+        return "SVHN N-sweep not requested."
     try:
-        files.locate("svhn", ["train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"], data_dir, download=False)
+        files.locate("svhn", ["train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"], cfg.data_dir, download=False)
     except InstantFTError as exc:
         return f"SVHN N-sweep skipped: {exc}. SVHN cannot be obtained on the machines this report was made on."
-    return (
-        "SVHN files are present, but the N-sweep (pre-training on up to 521,131 SVHN-extra images per N) is "
-        "not automated by `reproduce`: run `instantft pretrain --dataset svhn --samples N` and "
-        "`instantft finetune --dataset svhn --checkpoint ...` per N."
-    )
+    base = (("epochs", cfg.epochs),) if cfg.epochs is not None else ()
+    groups = []
+    for n in cfg.svhn_ns:
+        ckpt = out / "svhn" / f"lenet5-svhn-extra{n}.safetensors"
+        if not ckpt.is_file():
+            config = PretrainConfig("svhn", samples=n, epochs=cfg.epochs or 10, seed=0)
+            pretrain_to_file(config, ckpt, data_dir=cfg.data_dir, show_progress=cfg.show_progress)
+        groups += [
+            Group("svhn", "svhn", 0.0, s, METHODS, f"N={n}", base, cfg.svhn_samples, cfg.eval_samples, str(ckpt))
+            for s in range(cfg.seeds)
+        ]
+    return groups
 
 
 def _fixedpoint(out: Path, cfg: ReproduceConfig) -> dict[str, Any] | None:
