@@ -73,3 +73,44 @@ def test_adapter_for_another_base_is_refused(tmp_path: Path, capsys: pytest.Capt
     code, _, err = run(capsys, "evaluate", "--dataset", "rotmnist", "--adapter", str(adapter),
                        "--checkpoint", str(other))
     assert code == 2 and "another base model" in err
+
+
+def test_evaluate_defaults_to_the_adapters_own_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    adapter = tmp_path / "a.safetensors"
+    code, out, _ = run(capsys, "finetune", "--dataset", "rotmnist", "--angle", "60", "--seed", "3",
+                       "--method", "ft-last", "--save-adapter", str(adapter), "--json", *SMALL)
+    trained = json.loads(out)
+    code, out, _ = run(capsys, "evaluate", "--adapter", str(adapter), "--json")
+    again = json.loads(out)
+    assert code == 0 and again["angle"] == 60 and again["seed"] == 3 and again["eval_samples"] == 300
+    assert again["accuracy"] == pytest.approx(trained["accuracy_after"])
+    code, _, err = run(capsys, "evaluate", "--adapter", str(adapter), "--dataset", "rotfmnist")
+    assert code == 2 and "fine-tuned on rotmnist, not rotfmnist" in err
+
+
+def test_unwritable_output_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(capsys, "finetune", "--dataset", "rotmnist", "--method", "lora-all",
+                       "--save-adapter", str(blocker / "a.safetensors"), *SMALL)
+    assert code == 2 and "cannot write here" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--angle", "nan"], "--angle must be a finite number"), (["--eval-samples", "0"], "--eval-samples must be >= 1"),
+     (["--threads", "0"], "--threads must be >= 1"), (["--cache-max-bytes", "-1"], "--cache-max-bytes must be >= 0")],
+)
+def test_more_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]):
+    code, _, err = run(capsys, "finetune", "--dataset", "rotmnist", "--method", "skip2-lora", *argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_svhn_rejects_an_angle(svhn_dir: Path, capsys: pytest.CaptureFixture[str]):
+    from instantft.data import make_task
+    from instantft.errors import InstantFTError
+
+    with pytest.raises(InstantFTError, match="--angle applies to rotmnist"):
+        make_task("svhn", angle=45, samples=10, data_dir=svhn_dir)
+    with pytest.raises(InstantFTError, match=r"--samples must be in 1\.\.50 for svhn"):
+        make_task("svhn", samples=500, data_dir=svhn_dir)

@@ -151,3 +151,14 @@ def test_cli_prints_one_line_and_no_traceback(tmp_path: Path, capsys: pytest.Cap
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and "checksum mismatch" in err
     assert "Traceback" not in err
+
+
+def test_flat_directory_of_another_dataset_is_passed_over(tmp_path: Path):
+    """MNIST and Fashion-MNIST share file names: a flat directory holding MNIST's is not 'corrupt'
+    Fashion-MNIST, so the search goes on (here to the bundled copy)."""
+    import shutil
+
+    name = "t10k-labels-idx1-ubyte.gz"
+    shutil.copy(files.BUNDLED_DIR / "mnist" / name, tmp_path / name)
+    assert files.locate("mnist", [name], tmp_path)[name] == tmp_path / name
+    assert files.locate("fmnist", [name], tmp_path)[name] != tmp_path / name

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from instantft.errors import InstantFTError
-from instantft.methods import METHODS, DivergedError, FineTuneConfig, create
+from instantft.methods import METHODS, DivergedError, FineTuneConfig, create, schedule
 from instantft.methods.adapter_io import load_adapter, save_adapter
 from instantft.models import build
 
@@ -137,8 +137,7 @@ def test_gradients_match_autograd(name: str, arch: str):
 
 def test_skip_lora_and_skip2_lora_train_the_same_adapters(mnist_backbone, small_task):
     model, _ = mnist_backbone
-    cfg = FineTuneConfig(epochs=3, engine="reference") if "engine" in FineTuneConfig.__dataclass_fields__ \
-        else FineTuneConfig(epochs=3)
+    cfg = FineTuneConfig(epochs=3, engine="reference")
     trained = {}
     for name in ("skip-lora", "skip2-lora"):
         m = create(name, model, cfg)
@@ -212,3 +211,13 @@ def test_adapter_round_trip_and_refused_for_another_base(name: str, tmp_path: Pa
     other = build("lenet5-mnist")
     with pytest.raises(InstantFTError, match="another base model"):
         load_adapter(path, other)
+
+
+@pytest.mark.parametrize(("drop_last", "steps", "last"), [(True, 510, 20), (False, 520, 4)])
+def test_schedule_drops_or_keeps_the_partial_batch(drop_last: bool, steps: int, last: int):
+    """1,024 = 51 × 20 + 4: the default drops the 4-sample step of every epoch."""
+    batches = list(schedule(1024, FineTuneConfig(drop_last=drop_last)))
+    assert len(batches) == steps
+    assert len(batches[-1][2]) == last and batches[-1][:2] == (9, steps // 10 - 1)
+    epoch0 = torch.cat([rows for e, _, rows in batches if e == 0])
+    assert len(set(epoch0.tolist())) == len(epoch0) == (1020 if drop_last else 1024)

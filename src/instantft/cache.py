@@ -55,6 +55,8 @@ class ForwardCache:
         self.storage: Storage = storage
         self.max_bytes = max_bytes
         self.block_size = block_size
+        if max_bytes is not None and max_bytes < 0:
+            raise InstantFTError(f"--cache-max-bytes must be >= 0, got {max_bytes}")
         self.source: CacheSource | None = None
         self._slot_of = torch.full((0,), -1, dtype=torch.long)
         self._count = 0
@@ -74,11 +76,12 @@ class ForwardCache:
         if source.model != self.source.model:
             raise InstantFTError(
                 "forward cache was filled from another base model "
-                f"(weights {self.source.model[:12]}…, now {source.model[:12]}…); clear it first"
+                f"(weights {self.source.model[:12]}…, now {source.model[:12]}…); call clear() or use a new cache"
             )
         if source.dataset != self.source.dataset:
             raise InstantFTError(
-                f"forward cache was filled from dataset {self.source.dataset}, not {source.dataset}; clear it first"
+                f"forward cache was filled from dataset {self.source.dataset}, not {source.dataset}; "
+                "call clear() or use a new cache"
             )
 
     def clear(self) -> None:
@@ -118,7 +121,7 @@ class ForwardCache:
         if self.max_bytes is not None and (self._count + n) * self.row_bytes > self.max_bytes:
             raise InstantFTError(
                 f"forward cache byte limit exceeded: {self._count + n} entries × {self.row_bytes} B "
-                f"> {self.max_bytes} B (raise the limit or use NF4 storage)"
+                f"> {self.max_bytes} B (raise the limit{' or use NF4 storage' if self.storage == 'fp32' else ''})"
             )
         if self._count + n > self.capacity:
             raise InstantFTError(f"forward cache is full ({self.capacity} entries)")

@@ -10,9 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from instantft.errors import InstantFTError
+
+if TYPE_CHECKING:
+    from instantft.methods import FineTuneConfig
 
 Sub = Any  # argparse's private _SubParsersAction
 
@@ -26,10 +29,11 @@ def common() -> argparse.ArgumentParser:
 
 # --- pretrain ---------------------------------------------------------------------------------
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from instantft.fileio import ensure_writable
     from instantft.pretrain import PretrainConfig, pretrain_to_file
 
     config = PretrainConfig(args.dataset, args.samples, args.epochs, args.batch_size, args.lr, args.seed)
-    out = args.out or f"lenet5-{args.dataset}.safetensors"
+    out = ensure_writable(args.out or f"lenet5-{args.dataset}.safetensors")
     meta = pretrain_to_file(config, out, data_dir=args.data_dir, show_progress=not args.json)
     if args.json:
         print(json.dumps({**meta, "out": str(out)}))
@@ -78,7 +82,7 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace, dataset: str, seed: int) -> Any:
+def config_from_args(args: argparse.Namespace, dataset: str, seed: int) -> FineTuneConfig:
     from instantft.run import config_for
 
     return config_for(
@@ -106,8 +110,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     if args.method not in method_names():
         raise InstantFTError(f"unknown method {args.method!r}; valid: {', '.join(method_names())}")
+    from instantft.fileio import ensure_writable
     from instantft.fixedpoint import describe, numerics_config
 
+    if args.save_adapter:
+        ensure_writable(args.save_adapter)
+    if args.threads is not None and args.threads < 1:
+        raise InstantFTError(f"--threads must be >= 1, got {args.threads}")
     config = config_from_args(args, args.dataset, args.seed)
     fixed = numerics_config(
         args.numerics, args.act_format, args.param_format, args.rounding, args.softmax_table_size, args.softmax_range
@@ -127,14 +136,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     )
     record = result.record
     if args.save_adapter:
-        save_adapter(args.save_adapter, result.method, {"dataset": args.dataset, "angle": args.angle})
+        task = {k: record[k] for k in ("dataset", "angle", "seed", "samples")}
+        extra = {"task": {**task, "eval_samples": args.eval_samples}, "numerics": args.numerics}
+        if fixed is not None:
+            extra["fixed"] = fixed.to_dict()
+        save_adapter(args.save_adapter, result.method, extra)
         record["adapter"] = str(args.save_adapter)
     if args.json:
         print(json.dumps(record))
     else:
         from instantft.report import print_runs
 
-        print_runs([record], title=f"{args.dataset} {args.angle:g}°, seed {args.seed}")
+        print_runs([record], title=f"{args.dataset} {record['angle']:g}°, seed {args.seed}")
         print(describe(record))
     return 0
 
@@ -147,7 +160,7 @@ def add_finetune(sub: Sub) -> None:
         required=True,
         help="none, ft-all, ft-last, ft-bias, lora-all, lora-last, skip-lora, skip2-lora, instantft",
     )
-    p.add_argument("--angle", type=float, default=90.0, help="rotation in degrees (rot* datasets)")
+    p.add_argument("--angle", type=float, default=None, help="rotation in degrees (rot* datasets; default 90)")
     p.add_argument("--samples", type=int, default=1024, help="fine-tuning samples")
     p.add_argument("--eval-samples", type=int, default=None, help="limit the evaluation set (default: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -168,31 +181,32 @@ def add_finetune(sub: Sub) -> None:
 
 # --- evaluate ---------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Base + adapter on the evaluation set of the task the adapter was fine-tuned on (its file
+    records dataset, angle, split seed and sizes); options given override the record."""
     from instantft.data import make_task
-    from instantft.methods.adapter_io import load_adapter
+    from instantft.methods.adapter_io import load_adapter, read_adapter_record
     from instantft.models import accuracy
     from instantft.run import load_backbone
 
-    model, _ = load_backbone(args.dataset, args.checkpoint)
+    trained = read_adapter_record(args.adapter).get("task", {})
+    dataset = args.dataset or trained.get("dataset")
+    if dataset is None:
+        raise InstantFTError(f"{args.adapter}: adapter records no dataset; pass --dataset")
+    if trained.get("dataset") not in (None, dataset):
+        raise InstantFTError(f"{args.adapter}: adapter was fine-tuned on {trained['dataset']}, not {dataset}")
+    pick = {k: getattr(args, k) if getattr(args, k) is not None else trained.get(k, d)
+            for k, d in (("angle", None), ("samples", 1024), ("seed", 0), ("eval_samples", None))}
+    model, _ = load_backbone(dataset, args.checkpoint)
     method, record = load_adapter(args.adapter, model)
-    task = make_task(
-        args.dataset,
-        angle=args.angle,
-        samples=args.samples,
-        seed=args.seed,
-        eval_samples=args.eval_samples,
-        data_dir=args.data_dir,
-    )
+    task = make_task(dataset, data_dir=args.data_dir, **pick)
     acc = accuracy(method.logits(task.evaluate.images), task.evaluate.labels)
-    out = {
-        "method": record["method"],
-        "dataset": args.dataset,
-        "angle": args.angle,
-        "seed": args.seed,
-        "eval_samples": len(task.evaluate),
-        "accuracy": acc,
-    }
-    print(json.dumps(out) if args.json else f"{record['method']} on {args.dataset} {args.angle:g}°: accuracy {acc:.4f}")
+    out = {"method": record["method"], "numerics": record.get("numerics", "float"), "dataset": dataset,
+           "angle": task.angle, "seed": pick["seed"], "eval_samples": len(task.evaluate), "accuracy": acc}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{record['method']} on {dataset} {task.angle:g}° (split seed {pick['seed']}, {len(task.evaluate)} "
+              f"evaluation images): accuracy {acc:.4f}")
     return 0
 
 
@@ -200,11 +214,11 @@ def add_evaluate(sub: Sub) -> None:
     p = sub.add_parser("evaluate", parents=[common()], help="evaluate a backbone + adapter on the evaluation set")
     p.add_argument("--checkpoint", default=None, help="backbone (default: the bundled one)")
     p.add_argument("--adapter", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--angle", type=float, default=90.0)
-    p.add_argument("--samples", type=int, default=1024, help="size of the fine-tuning split to hold out")
-    p.add_argument("--eval-samples", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0, help="the split seed used when fine-tuning")
+    p.add_argument("--dataset", default=None, help="default: the adapter's")
+    p.add_argument("--angle", type=float, default=None, help="default: the adapter's")
+    p.add_argument("--samples", type=int, default=None, help="fine-tuning split held out (default: the adapter's)")
+    p.add_argument("--eval-samples", type=int, default=None, help="default: the adapter's")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the adapter's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

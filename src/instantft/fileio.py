@@ -14,11 +14,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from instantft.errors import InstantFTError
+
+
+def ensure_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail now, with one line, if ``path`` cannot be written - before hours of work, not after."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InstantFTError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise InstantFTError(f"{path}: is a directory, expected a file name")
+    return path
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` to fill a temp file beside ``path``, fsync it, rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = ensure_writable(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -33,8 +33,8 @@ class PretrainConfig:
             raise InstantFTError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise InstantFTError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.lr is not None and not self.lr > 0:
-            raise InstantFTError(f"--lr must be > 0, got {self.lr}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InstantFTError(f"--lr must be a finite number > 0, got {self.lr}")
 
     @property
     def learning_rate(self) -> float:

@@ -42,7 +42,7 @@ def finetune(
     method: str,
     dataset: str = "rotmnist",
     *,
-    angle: float = 90.0,
+    angle: float | None = None,
     samples: int = 1024,
     config: FineTuneConfig | None = None,
     checkpoint: str | os.PathLike[str] | None = None,

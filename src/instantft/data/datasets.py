@@ -115,7 +115,7 @@ class DriftTask:
 def make_task(
     dataset: str,
     *,
-    angle: float = 90.0,
+    angle: float | None = None,
     samples: int = 1024,
     seed: int = 0,
     eval_samples: int | None = None,
@@ -126,9 +126,15 @@ def make_task(
     ``rotmnist``/``rotfmnist``: ``samples`` test images drawn at random (``seed``) form the
     fine-tuning set, the rest of the test split the evaluation set; both rotated by ``angle``.
     ``svhn``: fine-tune on the first ``samples`` of the train split, evaluate on the test split
-    (``angle`` is ignored; the drift is the pre-training set size N).
+    (no ``angle``: the drift is the pre-training set size N). ``angle`` None means 90° for the
+    rotated datasets.
     """
+    if eval_samples is not None and eval_samples < 1:
+        raise InstantFTError(f"--eval-samples must be >= 1, got {eval_samples}")
+    if angle is not None and not math.isfinite(angle):
+        raise InstantFTError(f"--angle must be a finite number of degrees, got {angle}")
     if dataset in ("rotmnist", "rotfmnist"):
+        angle = 90.0 if angle is None else angle
         base = dataset.removeprefix("rot")
         test = load_split(base, "test", data_dir)
         if not 1 <= samples < len(test):
@@ -147,8 +153,12 @@ def make_task(
             ImageSet(f"{tag}-eval", rotate(ev.images, angle), ev.labels, ev.indices),
         )
     if dataset == "svhn":
+        if angle:
+            raise InstantFTError("--angle applies to rotmnist/rotfmnist; svhn's drift is the pre-training size N")
         train = load_split("svhn", "train", data_dir)
         test = load_split("svhn", "test", data_dir)
+        if not 1 <= samples <= len(train):
+            raise InstantFTError(f"--samples must be in 1..{len(train)} for svhn, got {samples}")
         ft = train.subset(slice(0, samples), f"svhn-train-first{samples}")
         ev = test if eval_samples is None else test.subset(slice(0, eval_samples))
         return DriftTask("svhn", "svhn", 0.0, ft, ev)

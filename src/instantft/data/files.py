@@ -146,11 +146,17 @@ def locate(
     for name in names:
         spec = REGISTRY[dataset][name]
         for d in dirs:
-            for candidate in (d / spec.relpath, d / name):
-                if candidate.is_file():
-                    verify(candidate, spec.known_hash)
-                    found[name] = candidate
-                    break
+            if (d / spec.relpath).is_file():
+                verify(d / spec.relpath, spec.known_hash)
+                found[name] = d / spec.relpath
+            elif (d / name).is_file():
+                # a flat directory: MNIST and Fashion-MNIST share file names, so a file that does not
+                # match is another dataset's, not a corrupt one - keep looking
+                try:
+                    verify(d / name, spec.known_hash)
+                    found[name] = d / name
+                except InstantFTError:
+                    continue
             if name in found:
                 break
         else:

@@ -34,8 +34,23 @@ def save_adapter(path: str | os.PathLike[str], method: Method, extra: dict[str, 
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: json.dumps(record)}))
 
 
+def read_adapter_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON record of an adapter file, without loading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InstantFTError(f"{path}: adapter file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return dict(json.loads(meta[META_KEY]))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InstantFTError(f"{path}: not a valid safetensors file ({exc})") from None
+    except KeyError:
+        raise InstantFTError(f"{path}: not an instantft adapter file") from None
+
+
 def load_adapter(path: str | os.PathLike[str], base: LeNet5) -> tuple[Method, dict[str, Any]]:
-    """Rebuild the method on ``base`` and load its trained tensors."""
+    """Rebuild the method on ``base`` (in the numerics it was trained in) and load its tensors."""
     path = Path(path)
     if not path.is_file():
         raise InstantFTError(f"{path}: adapter file not found")
@@ -47,10 +62,20 @@ def load_adapter(path: str | os.PathLike[str], base: LeNet5) -> tuple[Method, di
         raise InstantFTError(f"{path}: not a valid safetensors file ({exc})") from None
     if META_KEY not in meta:
         raise InstantFTError(f"{path}: not an instantft adapter file")
-    record = json.loads(meta[META_KEY])
+    try:
+        record = json.loads(meta[META_KEY])
+        method_name, config = record["method"], FineTuneConfig(**record["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InstantFTError(f"{path}: adapter metadata is malformed ({type(exc).__name__}: {exc})") from None
     if record.get("base_fingerprint") != model_fingerprint(base):
         raise InstantFTError(f"{path}: adapter was trained on another base model (fingerprint mismatch)")
-    config = FineTuneConfig(**record["config"])
-    method = create(record["method"], base, config)
+    if record.get("numerics", "float") == "fixed":
+        from instantft.fixedpoint import numerics_config
+        from instantft.fixedpoint.trainer import fixed_point_method
+
+        fixed = numerics_config("fixed", **record.get("fixed", {}))
+        method: Method = fixed_point_method(method_name, base, config, fixed, "fixed")
+    else:
+        method = create(method_name, base, config)
     method.load_trainable({k: v.to(torch.float32) for k, v in state.items()})
     return method, record
