@@ -101,7 +101,7 @@ def test_fast_cache_stores_what_the_reference_cache_stores(use_numba: bool):
         ref.put(keys[:4], rows[:4])
         ref.put(keys[4:], rows[4:])
         fast.put(keys[:4], rows[:4])
-        fast.fill(keys[4:], lambda dst: dst.copy_(rows[4:]))
+        fast.fill(keys[4:], lambda dst, ready: (dst.copy_(rows[4:]), ready(0, 2), ready(2, 5)))
         assert len(fast) == len(ref) and fast.nbytes == ref.nbytes
         assert torch.equal(fast.slots(keys), ref.slots(keys))
         assert torch.equal(fast.get(keys), ref.get(keys))
@@ -121,7 +121,7 @@ def test_fast_cache_byte_limit_and_capacity():
     cache = FastForwardCache(SIZES, capacity=3, max_bytes=2 * 7160)
     cache.put(torch.tensor([0, 1]), torch.zeros(2, 1790))
     with pytest.raises(InstantFTError, match="byte limit exceeded"):
-        cache.fill(torch.tensor([2]), lambda dst: None)
+        cache.fill(torch.tensor([2]), lambda dst, ready: None)
     assert len(cache) == 2
     with pytest.raises(InstantFTError, match="is full"):
         FastForwardCache(SIZES, capacity=1).put(torch.tensor([0, 1]), torch.zeros(2, 1790))

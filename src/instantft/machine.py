@@ -19,14 +19,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout the package runs from, with ``-dirty`` when tracked files differ from
+    it: a result must not claim a commit it was not made by."""
+    head = _git("rev-parse", "HEAD")
+    if not head:
+        return None
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return f"{head}-dirty" if dirty else head
 
 
 def machine_info() -> dict[str, Any]:

@@ -22,8 +22,10 @@ import torch.nn.functional as F
 
 from instantft.models import LeNet5, pool2x2
 
-#: samples per chunk: the activations of a chunk stay in L2 instead of streaming through memory
-CHUNK = 256
+#: samples the cache is filled with at a time (one conv1 pass over them, then the torch layers)
+CHUNK = 1024
+#: samples per torch pass: the activations of a pass stay in L2 instead of streaming through memory
+TORCH_CHUNK = 256
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -55,8 +57,15 @@ def _conv1_kernel():
 
 
 @torch.no_grad()
-def base_rows_into(base: LeNet5, images: torch.Tensor, out: torch.Tensor, use_numba: bool) -> None:
-    """Write the cache rows of ``images`` (N, C, H, W) into ``out`` (N, width) float32."""
+def base_rows_into(
+    base: LeNet5,
+    images: torch.Tensor,
+    out: torch.Tensor,
+    use_numba: bool,
+    ready: Callable[[int, int], None] | None = None,
+) -> None:
+    """Write the cache rows of ``images`` (N, C, H, W) into ``out`` (N, width) float32, calling
+    ``ready(lo, hi)`` after each pass of the torch layers has finished rows lo..hi-1."""
     sizes = [*base.layer_input_sizes()[1:], base.config.num_classes]
     bounds = np.cumsum([0, *sizes]).tolist()
     if out.shape != (len(images), bounds[-1]):
@@ -68,18 +77,17 @@ def base_rows_into(base: LeNet5, images: torch.Tensor, out: torch.Tensor, use_nu
     if kernel is not None:
         w1 = conv1.weight.detach().contiguous().numpy()
         b1 = conv1.bias.detach().contiguous().numpy()
-    x1_buf = torch.empty(min(CHUNK, len(images)), c1, s1, s1)
-    for lo in range(0, len(images), CHUNK):
-        x = images[lo : lo + CHUNK]
-        rows = out[lo : lo + len(x)]
-        if kernel is not None:
-            x1 = x1_buf[: len(x)]
-            xn, x1n, pad = x.contiguous().numpy(), x1.numpy(), conv1.padding[0]
-            split_rows(len(x), lambda a, b, xn=xn, x1n=x1n, pad=pad: kernel(xn[a:b], w1, b1, pad, x1n[a:b]))
-        else:
-            x1 = pool2x2(F.relu(conv1(x)))
+    if kernel is not None:  # conv1 for all rows first, on every core, before torch's threads wake up
+        x1_all = torch.empty(len(images), c1, s1, s1)
+        xn, x1n, pad = images.contiguous().numpy(), x1_all.numpy(), conv1.padding[0]
+        split_rows(len(images), lambda a, b: kernel(xn[a:b], w1, b1, pad, x1n[a:b]))
+    for lo in range(0, len(images), TORCH_CHUNK):
+        rows = out[lo : lo + TORCH_CHUNK]
+        x1 = x1_all[lo : lo + len(rows)] if kernel is not None else pool2x2(F.relu(conv1(images[lo : lo + len(rows)])))
         x2 = pool2x2(F.relu_(base.conv2(x1))).flatten(1)
         x3 = F.relu_(base.fc1(x2))
         x4 = F.relu_(base.fc2(x3))
         for t, a, b in ((x1.flatten(1), 0, 1), (x2, 1, 2), (x3, 2, 3), (x4, 3, 4), (base.fc3(x4), 4, 5)):
             rows[:, bounds[a] : bounds[b]] = t
+        if ready is not None:
+            ready(lo, lo + len(rows))

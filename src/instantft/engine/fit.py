@@ -70,7 +70,7 @@ def fill_cache(method: _SkipMethod, data: ImageSet, use_numba: bool) -> ForwardC
         rows = slice(lo, lo + CHUNK) if everything else todo[lo : lo + CHUNK]
         images, keys = data.images[rows], data.indices[rows]
         if isinstance(cache, FastForwardCache):
-            cache.fill(keys, lambda dst, x=images: base_rows_into(method.base, x, dst, use_numba))
+            cache.fill(keys, lambda dst, ready, x=images: base_rows_into(method.base, x, dst, use_numba, ready))
         else:  # a cache made by the reference path
             out = torch.empty(len(keys), cache.width)
             base_rows_into(method.base, images, out, use_numba)

@@ -361,36 +361,36 @@ def encode_nf4(rows, thresholds, block_size, codes, absmax):
     padded = np.zeros(nblocks * block_size, np.float32)
     bits = padded.view(np.int32)
     code = np.empty(nblocks * block_size, np.uint8)
-    top_bits = np.zeros(1, np.int32)
-    top_float = top_bits.view(np.float32)
+    top_bits = np.zeros(nblocks, np.int32)
+    top = top_bits.view(np.float32)  # the absmax of each block
+    negative = np.zeros(nblocks, np.bool_)
     for i in range(n):
         padded[:width] = rows[i]
         for blk in range(nblocks):
-            lo, hi = blk * block_size, (blk + 1) * block_size
-            blk_bits = bits[lo:hi]
-            top, signs = np.int32(0), np.int32(0)
+            b = bits[blk * block_size : (blk + 1) * block_size]
+            largest, signs = np.int32(0), np.int32(0)
             for j in range(block_size):
-                v = blk_bits[j]
-                a = v & np.int32(0x7FFFFFFF)
-                top = a if a > top else top
-                signs |= v
-            top_bits[0] = top
-            amax = top_float[0]
-            absmax[i, blk] = amax
-            s = amax if amax > 0 else np.float32(1.0)
-            x, c = padded[lo:hi], code[lo:hi]
-            if signs >= 0:
+                largest = max(largest, np.int32(b[j] & np.int32(0x7FFFFFFF)))
+                signs = np.int32(signs | b[j])
+            top_bits[blk] = largest
+            negative[blk] = signs < 0
+        for blk in range(nblocks):
+            absmax[i, blk] = top[blk]
+            s = top[blk] if top[blk] > 0 else np.float32(1.0)
+            x = padded[blk * block_size : (blk + 1) * block_size]
+            c = code[blk * block_size : (blk + 1) * block_size]
+            if negative[blk]:
                 for j in range(block_size):
                     v = x[j] / s
-                    k = np.uint8(7)
-                    for t in range(7, 15):
+                    k = np.uint8(0)
+                    for t in range(15):
                         k += np.uint8(thresholds[t] < v)
                     c[j] = k
             else:
                 for j in range(block_size):
                     v = x[j] / s
-                    k = np.uint8(0)
-                    for t in range(15):
+                    k = np.uint8(7)
+                    for t in range(7, 15):
                         k += np.uint8(thresholds[t] < v)
                     c[j] = k
         out = codes[i]

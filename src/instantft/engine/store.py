@@ -18,6 +18,9 @@ from instantft import nf4
 from instantft.cache import ForwardCache, Storage
 from instantft.errors import InstantFTError
 
+#: ``ready(lo, hi)``: rows lo..hi-1 of a fill are written
+Ready = Callable[[int, int], None]
+
 
 class FastForwardCache(ForwardCache):
     """:class:`ForwardCache` with an in-place :meth:`fill`; ``use_numba`` picks the NF4 encoder."""
@@ -38,25 +41,26 @@ class FastForwardCache(ForwardCache):
     def put(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
         if rows.shape != (len(keys), self.width):
             raise ValueError(f"rows must be ({len(keys)}, {self.width}), got {tuple(rows.shape)}")
-        self.fill(keys, lambda dst: dst.copy_(rows))
+        self.fill(keys, lambda dst, ready: (dst.copy_(rows), ready(0, len(rows))))
 
-    def fill(self, keys: torch.Tensor, write: Callable[[torch.Tensor], None]) -> None:
-        """Store ``len(keys)`` new rows that ``write(dst)`` puts into ``dst`` (n, width) float32.
+    def fill(self, keys: torch.Tensor, write: Callable[[torch.Tensor, Ready], None]) -> None:
+        """Store ``len(keys)`` new rows that ``write(dst, ready)`` puts into ``dst`` (n, width)
+        float32, calling ``ready(lo, hi)`` as soon as rows lo..hi-1 are complete (NF4 encodes
+        them then, while they are still in cache).
 
         The same checks as :meth:`ForwardCache.put`, in the same order; the keys are recorded
         only once their rows are in.
         """
         n = len(keys)
         self.check_room(n)
-        start, stop = self._count, self._count + n
+        start = self._count
         if self.storage == "fp32":
-            write(self.rows[start:stop])
+            write(self.rows[start : start + n], lambda lo, hi: None)
         else:
             if len(self._scratch) < n:
                 self._scratch = torch.empty(n, self.width)
             rows = self._scratch[:n]
-            write(rows)
-            self._encode(rows, start, stop)
+            write(rows, lambda lo, hi: self._encode(rows[lo:hi], start + lo, start + hi))
         self._record(keys, start)
 
     def check_room(self, n: int) -> None:
@@ -72,12 +76,10 @@ class FastForwardCache(ForwardCache):
 
     def _encode(self, rows: torch.Tensor, start: int, stop: int) -> None:
         if self.use_numba:
-            from instantft.engine.fill import split_rows
             from instantft.engine.kernels import encode_nf4
 
-            thresholds, x = nf4.NF4_THRESHOLDS.numpy(), rows.numpy()
             codes, absmax = self.codes[start:stop].numpy(), self.absmax[start:stop].numpy()
-            split_rows(len(x), lambda a, b: encode_nf4(x[a:b], thresholds, self.block_size, codes[a:b], absmax[a:b]))
+            encode_nf4(rows.numpy(), nf4.NF4_THRESHOLDS.numpy(), self.block_size, codes, absmax)
         else:
             q = nf4.quantize(rows, self.block_size)
             self.codes[start:stop] = q.codes
