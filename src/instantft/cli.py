@@ -145,7 +145,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record))
     else:
-        from instantft.report import print_runs
+        from instantft.tables import print_runs
 
         print_runs([record], title=f"{args.dataset} {record['angle']:g}°, seed {args.seed}")
         print(describe(record))

@@ -10,8 +10,8 @@ from rich.console import Console
 from instantft.data import make_task
 from instantft.methods import method_names
 from instantft.models import accuracy, predict
-from instantft.report import print_runs
 from instantft.run import config_for, finetune, load_backbone
+from instantft.tables import print_runs
 
 
 def demo(angle: float = 75.0, seed: int = 0, data_dir: str | os.PathLike[str] | None = None) -> list[dict]:
@@ -20,11 +20,12 @@ def demo(angle: float = 75.0, seed: int = 0, data_dir: str | os.PathLike[str] | 
     model, meta = backbone
     upright = make_task("rotfmnist", angle=0.0, seed=seed, data_dir=data_dir)
     task = make_task("rotfmnist", angle=angle, seed=seed, data_dir=data_dir)
+    before = accuracy(predict(model, task.evaluate.images), task.evaluate.labels)
     console.print(
         f"backbone: LeNet-5 pre-trained on Fashion-MNIST (test accuracy {100 * meta['test_accuracy']:.2f} %); "
         f"on the {len(task.evaluate)} evaluation images upright: "
         f"{100 * accuracy(predict(model, upright.evaluate.images), upright.evaluate.labels):.2f} %, "
-        f"rotated {angle:g}°: {100 * accuracy(predict(model, task.evaluate.images), task.evaluate.labels):.2f} %"
+        f"rotated {angle:g}°: {100 * before:.2f} %"
     )
     records = []
     with console.status("fine-tuning") as status:
@@ -32,7 +33,12 @@ def demo(angle: float = 75.0, seed: int = 0, data_dir: str | os.PathLike[str] | 
             status.update(f"fine-tuning {name} on {len(task.finetune)} rotated images")
             records.append(
                 finetune(
-                    name, "rotfmnist", config=config_for("rotfmnist", seed=seed), backbone=backbone, task=task
+                    name,
+                    "rotfmnist",
+                    config=config_for("rotfmnist", seed=seed),
+                    backbone=backbone,
+                    task=task,
+                    accuracy_before=before,
                 ).record
             )
     print_runs(

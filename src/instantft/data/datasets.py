@@ -7,10 +7,11 @@ C code, so that rotation's zero fill is the background colour.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -34,7 +35,6 @@ class ImageSet:
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
-    _fingerprint: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -44,15 +44,13 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """A short hash of the content: what the Forward Cache checks its entries against."""
-        if not self._fingerprint:
-            h = hashlib.sha256()
-            for t in (self.images, self.labels, self.indices):
-                h.update(t.contiguous().numpy().tobytes())
-            self._fingerprint.append(h.hexdigest()[:16])
-        return self._fingerprint[0]
+        h = hashlib.sha256()
+        for t in (self.images, self.labels, self.indices):
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def subset(self, rows: torch.Tensor | slice, name: str | None = None) -> ImageSet:
         return ImageSet(name or self.name, self.images[rows], self.labels[rows], self.indices[rows])

@@ -174,13 +174,12 @@ def write_all(out: Path, results: list[dict[str, Any]], extras: dict[str, Any], 
     talk_header, talk_rows, talk_csv = talk_table(summary, timing)
     atomic_write_text(out / "talk_table.md", md_table(talk_header, talk_rows))
     atomic_write_text(out / "talk_table.csv", csv_text(talk_header, talk_csv))
-    ablation = summarise(results, "ablation") if cfg.ablation else {}
     ab_rows = []
     for variant in ABLATION_VARIANTS:
         s = summarise(results, "ablation", variant)
         ab_rows.append([variant, *[pm(s.get((d, 90.0, m))) for d in datasets for m in ABLATION_METHODS]])
     ab_header = ["variant", *[f"{d} 90° {LABELS[m].split(' ')[0]}" for d in datasets for m in ABLATION_METHODS]]
-    if ablation is not None and cfg.ablation:
+    if cfg.ablation:
         atomic_write_text(out / "ablation.md", md_table(ab_header, ab_rows))
         atomic_write_text(out / "ablation.csv", csv_text(ab_header, ab_rows))
     text = report_markdown(

@@ -441,11 +441,9 @@ def svhn_groups(cfg: ReproduceConfig, out: Path) -> list[Group] | str:
     return groups
 
 
-def _fixedpoint(out: Path, cfg: ReproduceConfig) -> dict[str, Any] | None:
-    try:
-        from instantft.experiments.fixedpoint_study import run_study
-    except ImportError:
-        return None
+def _fixedpoint(out: Path, cfg: ReproduceConfig) -> dict[str, Any]:
+    from instantft.experiments.fixedpoint_study import run_study
+
     return run_study(out, seeds=cfg.seeds, quick=cfg.quick, jobs=cfg.jobs)
 
 
