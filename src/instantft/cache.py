@@ -113,32 +113,43 @@ class ForwardCache:
     def contains(self, keys: torch.Tensor) -> torch.Tensor:
         return self.slots(keys) >= 0
 
-    def put(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
-        """Store rows (B, width) under keys that are not yet present."""
-        if rows.shape != (len(keys), self.width):
-            raise ValueError(f"rows must be ({len(keys)}, {self.width}), got {tuple(rows.shape)}")
-        n = len(keys)
+    def check_room(self, n: int) -> None:
+        """Raise unless ``n`` more rows fit the byte limit and the capacity (checked before any
+        work, so a fill that would not fit costs nothing)."""
         if self.max_bytes is not None and (self._count + n) * self.row_bytes > self.max_bytes:
+            hint = " or use NF4 storage" if self.storage == "fp32" else ""
             raise InstantFTError(
                 f"forward cache byte limit exceeded: {self._count + n} entries × {self.row_bytes} B "
-                f"> {self.max_bytes} B (raise the limit{' or use NF4 storage' if self.storage == 'fp32' else ''})"
+                f"> {self.max_bytes} B (raise the limit{hint})"
             )
         if self._count + n > self.capacity:
             raise InstantFTError(f"forward cache is full ({self.capacity} entries)")
+
+    def _record(self, keys: torch.Tensor, start: int) -> None:
+        """Map keys to the slots ``start..start+n-1`` once their rows are stored."""
+        n = len(keys)
         top = int(keys.max()) + 1 if n else 0
         if top > len(self._slot_of):
             grown = torch.full((max(top, 2 * len(self._slot_of)),), -1, dtype=torch.long)
             grown[: len(self._slot_of)] = self._slot_of
             self._slot_of = grown
-        new_slots = torch.arange(self._count, self._count + n)
+        self._slot_of[keys] = torch.arange(start, start + n)
+        self._count += n
+
+    def put(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
+        """Store rows (B, width) under keys that are not yet present."""
+        if rows.shape != (len(keys), self.width):
+            raise ValueError(f"rows must be ({len(keys)}, {self.width}), got {tuple(rows.shape)}")
+        n = len(keys)
+        self.check_room(n)
+        start = self._count
         if self.storage == "fp32":
-            self.rows[new_slots] = rows
+            self.rows[start : start + n] = rows
         else:
             q = nf4.quantize(rows, self.block_size)
-            self.codes[new_slots] = q.codes
-            self.absmax[new_slots] = q.absmax
-        self._slot_of[keys] = new_slots
-        self._count += n
+            self.codes[start : start + n] = q.codes
+            self.absmax[start : start + n] = q.absmax
+        self._record(keys, start)
 
     def get(self, keys: torch.Tensor) -> torch.Tensor:
         """Rows (B, width) float32 for present keys (dequantised when stored as NF4)."""

@@ -16,7 +16,6 @@ import torch
 
 from instantft import nf4
 from instantft.cache import ForwardCache, Storage
-from instantft.errors import InstantFTError
 
 #: ``ready(lo, hi)``: rows lo..hi-1 of a fill are written
 Ready = Callable[[int, int], None]
@@ -63,17 +62,6 @@ class FastForwardCache(ForwardCache):
             write(rows, lambda lo, hi: self._encode(rows[lo:hi], start + lo, start + hi))
         self._record(keys, start)
 
-    def check_room(self, n: int) -> None:
-        """Raise (as :meth:`ForwardCache.put` would) unless ``n`` more rows fit the byte limit and
-        the capacity; the fill checks all its rows up front, before any work."""
-        if self.max_bytes is not None and (self._count + n) * self.row_bytes > self.max_bytes:
-            raise InstantFTError(
-                f"forward cache byte limit exceeded: {self._count + n} entries × {self.row_bytes} B "
-                f"> {self.max_bytes} B (raise the limit or use NF4 storage)"
-            )
-        if self._count + n > self.capacity:
-            raise InstantFTError(f"forward cache is full ({self.capacity} entries)")
-
     def _encode(self, rows: torch.Tensor, start: int, stop: int) -> None:
         if self.use_numba:
             from instantft.engine.kernels import encode_nf4
@@ -84,14 +72,3 @@ class FastForwardCache(ForwardCache):
             q = nf4.quantize(rows, self.block_size)
             self.codes[start:stop] = q.codes
             self.absmax[start:stop] = q.absmax
-
-    def _record(self, keys: torch.Tensor, start: int) -> None:
-        """Map keys to the slots ``start..start+n-1`` (as :meth:`ForwardCache.put` does)."""
-        n = len(keys)
-        top = int(keys.max()) + 1 if n else 0
-        if top > len(self._slot_of):
-            grown = torch.full((max(top, 2 * len(self._slot_of)),), -1, dtype=torch.long)
-            grown[: len(self._slot_of)] = self._slot_of
-            self._slot_of = grown
-        self._slot_of[keys] = torch.arange(start, start + n)
-        self._count += n
