@@ -26,6 +26,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy src
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(VENV)/bin/instantft bench
 
 reproduce: $(STAMP)

@@ -76,6 +76,7 @@ def base_rows_into(
     kernel = _conv1_kernel() if use_numba and conv1.kernel_size == (5, 5) and c1 % 2 == 0 else None
     if kernel is not None:
         w1 = conv1.weight.detach().contiguous().numpy()
+        assert conv1.bias is not None  # LeNet5's conv1 has a bias
         b1 = conv1.bias.detach().contiguous().numpy()
     if kernel is not None:  # conv1 for all rows first, on every core, before torch's threads wake up
         x1_all = torch.empty(len(images), c1, s1, s1)

@@ -18,7 +18,7 @@ from instantft.cache import CacheSource, ForwardCache
 from instantft.data import ImageSet
 from instantft.engine.fill import CHUNK, base_rows_into
 from instantft.engine.layout import Layout
-from instantft.engine.store import FastForwardCache
+from instantft.engine.store import FastForwardCache, Ready
 from instantft.errors import InstantFTError
 from instantft.methods.base import FineTuneConfig, FitResult, check_loss, schedule
 
@@ -70,7 +70,10 @@ def fill_cache(method: _SkipMethod, data: ImageSet, use_numba: bool) -> ForwardC
         rows = slice(lo, lo + CHUNK) if everything else todo[lo : lo + CHUNK]
         images, keys = data.images[rows], data.indices[rows]
         if isinstance(cache, FastForwardCache):
-            cache.fill(keys, lambda dst, ready, x=images: base_rows_into(method.base, x, dst, use_numba, ready))
+            def write(dst: torch.Tensor, ready: Ready, x: torch.Tensor = images) -> None:
+                base_rows_into(method.base, x, dst, use_numba, ready)
+
+            cache.fill(keys, write)
         else:  # a cache made by the reference path
             out = torch.empty(len(keys), cache.width)
             base_rows_into(method.base, images, out, use_numba)

@@ -40,7 +40,11 @@ class FastForwardCache(ForwardCache):
     def put(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
         if rows.shape != (len(keys), self.width):
             raise ValueError(f"rows must be ({len(keys)}, {self.width}), got {tuple(rows.shape)}")
-        self.fill(keys, lambda dst, ready: (dst.copy_(rows), ready(0, len(rows))))
+        def write(dst: torch.Tensor, ready: Ready) -> None:
+            dst.copy_(rows)
+            ready(0, len(rows))
+
+        self.fill(keys, write)
 
     def fill(self, keys: torch.Tensor, write: Callable[[torch.Tensor, Ready], None]) -> None:
         """Store ``len(keys)`` new rows that ``write(dst, ready)`` puts into ``dst`` (n, width)

@@ -22,6 +22,7 @@ Baselines run their ordinary training loop (module forward, autograd, ``torch.op
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -62,6 +63,13 @@ TARGETS = {"speedup_skip2": 40.0, "speedup_instantft": 35.0, "flop_multiple": 5.
 
 
 # --- FLOPs ------------------------------------------------------------------------------------
+
+def _make(name: str, model: Any, config: Any) -> Any:
+    """A fresh method (bench builds one per timed run)."""
+    from instantft.methods import create
+
+    return create(name, model, config)
+
 def base_forward_macs(model: LeNet5) -> int:
     """Multiply-accumulates of one frozen forward pass (conv and linear layers)."""
     c = model.config
@@ -227,7 +235,7 @@ def machine(threads: int) -> dict[str, Any]:
         from instantft.engine import kernels
 
         try:  # where numba keeps the compiled kernels (beside the package, or a user cache dir)
-            info["numba_cache_dir"] = str(kernels.train_fp32._cache._cache_path)
+            info["numba_cache_dir"] = str(kernels.train_fp32._cache._cache_path)  # type: ignore[attr-defined]
         except AttributeError:
             info["numba_cache_dir"] = None
     return info
@@ -250,7 +258,8 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
     config = config_for("rotmnist")
     rows = [r for r in ROWS if not (r[2] == "torch" and resolve_engine("auto") == "torch")]
     makers: dict[str, Callable[[], Any]] = {
-        row: (lambda m=name, e=engine: create(m, model, replace(config, engine=e))) for row, name, engine in rows
+        row: functools.partial(_make, name, model, replace(config, engine=engine))  # type: ignore[arg-type]
+        for row, name, engine in rows
     }
     if peft_available():
         makers[PEFT_ROW] = lambda: PeftLoRA(model, config)
@@ -298,7 +307,7 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
     skip2, inst = methods["skip2-lora"]["seconds"], methods["instantft"]["seconds"]
     out = {
         "methods": methods,
-        "flop_limit_seconds": flops["skip2-lora"] / (sgemm * 1e9),
+        "flop_limit_seconds": (flops["skip2-lora"] or 0) / (sgemm * 1e9),
         "sgemm_gflops": sgemm,
         "sgemm_gflops_rounds": gflops,
         "nf4_overhead": inst / skip2 - 1,
@@ -345,7 +354,7 @@ def scale(model: LeNet5, config: FineTuneConfig, data: ImageSet, args: argparse.
         for name in ("skip2-lora", "instantft"):
             runs, fit = [], None
             for _ in range(max(1, min(args.repeats, 3))):
-                seconds, fit, _m = timed_fit(lambda nm=name: create(nm, model, config), subset)
+                seconds, fit, _m = timed_fit(functools.partial(_make, name, model, config), subset)
                 runs.append(seconds)
                 del _m
             sec = statistics.median(runs)
@@ -356,7 +365,7 @@ def scale(model: LeNet5, config: FineTuneConfig, data: ImageSet, args: argparse.
                     "data": kind,
                     "seconds": sec,
                     "us_per_sample_epoch": 1e6 * sec / (n * config.epochs),
-                    "cache_bytes": fit.cache_bytes,
+                    "cache_bytes": fit.cache_bytes if fit is not None else 0,
                     "runs": runs,
                 }
             )

@@ -356,16 +356,16 @@ def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     base = (("epochs", cfg.epochs),) if cfg.epochs is not None else ()
-    size = {"samples": cfg.samples, "eval_samples": cfg.eval_samples}
     cells = [(d, float(a)) for d in cfg.datasets for a in cfg.angles]
     if ("rotfmnist", 75.0) not in cells:  # the talk's table
         cells.append(("rotfmnist", 75.0))
     seeds = range(cfg.seeds)
-    groups = [Group("fig7", d, a, s, METHODS, overrides=base, **size) for d, a in cells for s in seeds]
+    n, n_eval = cfg.samples, cfg.eval_samples
+    groups = [Group("fig7", d, a, s, METHODS, "default", base, n, n_eval) for d, a in cells for s in seeds]
     if cfg.ablation:
         for name, overrides in ABLATION_VARIANTS.items():
             groups += [
-                Group("ablation", d, 90.0, s, ABLATION_METHODS, name, tuple(overrides.items()) + base, **size)
+                Group("ablation", d, 90.0, s, ABLATION_METHODS, name, tuple(overrides.items()) + base, n, n_eval)
                 for d in cfg.datasets
                 for s in seeds
             ]
