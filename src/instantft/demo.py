@@ -46,4 +46,8 @@ def demo(angle: float = 75.0, seed: int = 0, data_dir: str | os.PathLike[str] | 
         title=f"RotFMNIST {angle:g}°, seed {seed}: 10 epochs over {len(task.finetune)} samples",
         console=console,
     )
+    console.print(
+        "Times are one run each; the first method on the compiled engine (skip2-lora) also pays for loading it. "
+        "Medians: `instantft bench`."
+    )
     return records
