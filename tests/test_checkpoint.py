@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from instantft.errors import InstantFTError
 from instantft.models import build, load_checkpoint, read_metadata, save_checkpoint
-from instantft.models import checkpoint as ckpt
 
 
 def test_round_trip_with_metadata(tmp_path: Path):
@@ -29,7 +29,7 @@ def test_interrupted_write_keeps_previous_file(tmp_path: Path, monkeypatch: pyte
         Path(filename).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt, "save_file", boom)
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, build("lenet5-mnist"), {"seed": 2})
     assert path.read_bytes() == before

@@ -60,7 +60,6 @@ def test_fast_engine_trains_the_reference_adapters(name: str, eng: str, backbone
     assert f.steps == r.steps == 18
     assert f.cache_bytes == r.cache_bytes > 0
     assert f.epoch_losses == pytest.approx(r.epoch_losses, rel=1e-5)
-    assert f.seconds > 0
 
 
 @pytest.mark.parametrize("eng", FAST)

@@ -79,3 +79,43 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def save_with_record(path: str | os.PathLike[str], state: dict[str, Any], key: str, record: dict[str, Any]) -> Path:
+    """Write tensors as ``.safetensors`` with a JSON ``record`` under ``key`` in the header,
+    atomically: the one file format of checkpoints and adapters (never pickle)."""
+    from safetensors.torch import save_file
+
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={key: json.dumps(record)}))
+
+
+def read_record(path: str | os.PathLike[str], key: str, kind: str) -> dict[str, Any]:
+    """The JSON record under ``key`` of a ``.safetensors`` file, without loading its tensors;
+    ``kind`` ("checkpoint", "adapter") names the file in errors."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InstantFTError(f"{path}: {kind} file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InstantFTError(f"{path}: not a valid safetensors file ({exc})") from None
+    if key not in meta:
+        raise InstantFTError(f"{path}: not an instantft {kind} (no '{key}' metadata)")
+    try:
+        return dict(json.loads(meta[key]))
+    except json.JSONDecodeError:
+        raise InstantFTError(f"{path}: {kind} metadata is not valid JSON") from None
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """All tensors of a ``.safetensors`` file; a damaged file is a one-line error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InstantFTError(f"{path}: cannot read tensors ({exc})") from None

@@ -25,7 +25,7 @@ from instantft.models import LeNet5, pool2x2
 #: samples the cache is filled with at a time (one conv1 pass over them, then the torch layers)
 CHUNK = 1024
 #: samples per torch pass: the activations of a pass stay in L2 instead of streaming through memory
-TORCH_CHUNK = 256
+TORCH_CHUNK = 1024
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}

@@ -4,17 +4,14 @@ Written atomically; an adapter made for another base model is refused."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 
 from instantft.errors import InstantFTError
-from instantft.fileio import atomic_write
+from instantft.fileio import load_tensors, read_record, save_with_record
 from instantft.methods.base import FineTuneConfig, Method, create
 from instantft.models import LeNet5, model_fingerprint
 
@@ -31,41 +28,21 @@ def save_adapter(path: str | os.PathLike[str], method: Method, extra: dict[str, 
         "architecture": method.base.config.name,
         **(extra or {}),
     }
-    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: json.dumps(record)}))
+    return save_with_record(path, state, META_KEY, record)
 
 
 def read_adapter_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON record of an adapter file, without loading its tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise InstantFTError(f"{path}: adapter file not found")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        return dict(json.loads(meta[META_KEY]))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InstantFTError(f"{path}: not a valid safetensors file ({exc})") from None
-    except KeyError:
-        raise InstantFTError(f"{path}: not an instantft adapter file") from None
+    return read_record(path, META_KEY, "adapter")
 
 
 def load_adapter(path: str | os.PathLike[str], base: LeNet5) -> tuple[Method, dict[str, Any]]:
     """Rebuild the method on ``base`` (in the numerics it was trained in) and load its tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise InstantFTError(f"{path}: adapter file not found")
+    record = read_adapter_record(path)
+    state = load_tensors(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InstantFTError(f"{path}: not a valid safetensors file ({exc})") from None
-    if META_KEY not in meta:
-        raise InstantFTError(f"{path}: not an instantft adapter file")
-    try:
-        record = json.loads(meta[META_KEY])
         method_name, config = record["method"], FineTuneConfig(**record["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise InstantFTError(f"{path}: adapter metadata is malformed ({type(exc).__name__}: {exc})") from None
     if record.get("base_fingerprint") != model_fingerprint(base):
         raise InstantFTError(f"{path}: adapter was trained on another base model (fingerprint mismatch)")

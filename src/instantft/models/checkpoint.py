@@ -5,17 +5,14 @@ weights). Written atomically; loading checks the hash and the architecture. Neve
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 
 from instantft.errors import InstantFTError
-from instantft.fileio import atomic_write
+from instantft.fileio import load_tensors, read_record, save_with_record
 from instantft.models.lenet import ARCHITECTURES, LeNet5, build
 
 META_KEY = "instantft"
@@ -47,24 +44,12 @@ def save_checkpoint(path: str | os.PathLike[str], model: LeNet5, meta: dict[str,
         "package_version": __version__,
         "weights_sha256": weights_sha256(state),
     }
-    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={META_KEY: json.dumps(record)}))
+    return save_with_record(path, state, META_KEY, record)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InstantFTError(f"{path}: checkpoint file not found")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InstantFTError(f"{path}: not a valid safetensors file ({exc})") from None
-    if META_KEY not in meta:
-        raise InstantFTError(f"{path}: not an instantft checkpoint (no '{META_KEY}' metadata)")
-    try:
-        return dict(json.loads(meta[META_KEY]))
-    except json.JSONDecodeError:
-        raise InstantFTError(f"{path}: checkpoint metadata is not valid JSON") from None
+    """The checkpoint's JSON record, without loading its weights."""
+    return read_record(path, META_KEY, "checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike[str], expect_arch: str | None = None) -> tuple[LeNet5, dict[str, Any]]:
@@ -76,10 +61,7 @@ def load_checkpoint(path: str | os.PathLike[str], expect_arch: str | None = None
         raise InstantFTError(f"{path}: unknown architecture {arch!r}")
     if expect_arch is not None and arch != expect_arch:
         raise InstantFTError(f"{path}: checkpoint is for {arch}, this task needs {expect_arch}")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InstantFTError(f"{path}: cannot read weights ({exc})") from None
+    state = load_tensors(path)
     if weights_sha256(state) != meta.get("weights_sha256"):
         raise InstantFTError(f"{path}: weights do not match their recorded sha256 (file corrupt)")
     model = build(arch)
