@@ -12,7 +12,7 @@ import torch
 from instantft import engine, nf4
 from instantft.cache import ForwardCache
 from instantft.data import ImageSet
-from instantft.engine.fill import base_rows_into
+from instantft.engine.fill import compiled_rows_into, torch_rows_into
 from instantft.engine.store import FastForwardCache
 from instantft.errors import InstantFTError
 from instantft.methods import DivergedError, FineTuneConfig, create
@@ -81,7 +81,10 @@ def test_fill_equals_trace(use_numba: bool, arch: str):
         xs, logits = model.trace(images)
     expected = torch.cat([x.flatten(1) for x in xs[1:]] + [logits], 1)
     out = torch.empty_like(expected)
-    base_rows_into(model, images, out, use_numba)
+    if use_numba:
+        compiled_rows_into(model, images, out)
+    else:
+        torch_rows_into(model, images, out)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -36,3 +36,16 @@ def test_reproduce_tiny(tmp_path: Path, svhn_dir: Path):
     before = (out / "results.json").read_text()
     reproduce(cfg)
     assert json.loads((out / "results.json").read_text()) == json.loads(before)
+
+
+def test_fixed_point_study_tiny_and_resumable(tmp_path: Path):
+    from instantft.experiments.fixedpoint_study import run_study
+
+    out = run_study(tmp_path, seeds=1, quick=True, samples=40, eval_samples=50, show_progress=False)
+    assert {"comparison", "memory", "sweep", "markdown"} <= set(out)
+    for name in ("fixedpoint.json", "fixedpoint.md", "fixedpoint_formats.png", "fixedpoint_runs.json"):
+        assert (tmp_path / name).is_file(), name
+    runs = json.loads((tmp_path / "fixedpoint_runs.json").read_text())
+    assert {r["numerics"] for r in runs} == {"float", "fixed"}
+    run_study(tmp_path, seeds=1, quick=True, samples=40, eval_samples=50, show_progress=False)
+    assert json.loads((tmp_path / "fixedpoint_runs.json").read_text()) == runs  # resumed: nothing re-run

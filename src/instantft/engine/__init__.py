@@ -3,11 +3,12 @@
 Written the ordinary way, a Skip2-LoRA step is ~100 ATen calls around ~5 µs of arithmetic, so
 the method's speed advantage mostly disappears into framework overhead. This package removes it:
 
-- :mod:`~instantft.engine.fill`: the cache fill, written straight into cache rows;
-- :mod:`~instantft.engine.store`: a Forward Cache filled in place, NF4 encoded by a compiled
-  quantiser;
+- :mod:`~instantft.engine.fill`: the cache fill - the compiled LeNet-5 forward written straight
+  into cache storage (NF4 encoded row by row), or a batched torch forward;
+- :mod:`~instantft.engine.store`: a Forward Cache filled in place;
 - :mod:`~instantft.engine.kernels`: numba kernels (``cache=True``) - every epoch in one call,
-  hand-written gradients, preallocated buffers, NF4 dequantisation fused into the step;
+  hand-written gradients, preallocated buffers, NF4 dequantisation fused into the step, and the
+  fill;
 - :mod:`~instantft.engine.torch_loop`: the same step in plain torch, used when numba is absent;
 - :mod:`~instantft.engine.fit`: the ``fit`` that ties them together.
 

@@ -2,12 +2,15 @@
 cache rows ``[x1 | x2 | x3 | x4 | f(x)]``, equal in value (float rounding aside) to
 :meth:`instantft.models.LeNet5.trace`.
 
-This is the largest single cost of a Skip2-LoRA run (0.85 of its 1.29 GFLOP). Where the time goes
-in the plain batched ``trace`` on this CPU build: conv1 has one input channel, a shape oneDNN
-handles poorly (~6 GFLOP/s), and ``F.max_pool2d`` is slow. So conv1 + ReLU + pool is a compiled
-kernel (:func:`conv1_relu_pool`) when numba is there, conv2 and the FC layers stay with
-oneDNN/MKL (fast at those shapes), pooling uses :func:`instantft.models.pool2x2`, and every
-layer output is written into its slice of the destination rows (no ``cat``).
+This is the largest single cost of a Skip2-LoRA run (0.85 of its 1.29 GFLOP). Two ways:
+
+- compiled (numba): the whole forward of one sample is one kernel call
+  (:func:`instantft.engine.kernels.fill_rows`), samples split over the torch thread count with
+  plain threads. No torch op runs, so there is no OpenMP barrier for another process on the
+  machine to stall (on this 2-core box one busy neighbour made each barrier of a batched torch
+  forward cost milliseconds), and an NF4 row is encoded while it is still in L1;
+- torch (the fallback): a batched no-grad forward in passes of :data:`TORCH_CHUNK` samples,
+  with :func:`instantft.models.pool2x2` and each layer written into its slice of the rows.
 """
 
 from __future__ import annotations
@@ -20,13 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from instantft import nf4
+from instantft.cache import ForwardCache
 from instantft.models import LeNet5, pool2x2
 
-#: samples the cache is filled with at a time (one conv1 pass over them, then the torch layers)
-CHUNK = 1024
 #: samples per torch pass: the activations of a pass stay in L2 instead of streaming through memory
-TORCH_CHUNK = 1024
-
+TORCH_CHUNK = 256
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 
@@ -50,41 +52,58 @@ def split_rows(n: int, work: Callable[[int, int], None]) -> None:
         f.result()
 
 
-def _conv1_kernel():
-    from instantft.engine.kernels import conv1_relu_pool
+def compiled_fill_supported(base: LeNet5) -> bool:
+    """The compiled forward handles 5×5 convs with an even number of output channels."""
+    return all(c.kernel_size == (5, 5) and c.out_channels % 2 == 0 for c in (base.conv1, base.conv2))
 
-    return conv1_relu_pool
+
+def _weights(base: LeNet5) -> list[np.ndarray]:
+    params = []
+    for layer in base.layers:
+        assert layer.bias is not None  # every LeNet-5 layer has one
+        params += [layer.weight.detach().contiguous().numpy(), layer.bias.detach().contiguous().numpy()]
+    return params
 
 
 @torch.no_grad()
-def base_rows_into(
-    base: LeNet5,
-    images: torch.Tensor,
-    out: torch.Tensor,
-    use_numba: bool,
-    ready: Callable[[int, int], None] | None = None,
+def compiled_rows_into(base: LeNet5, images: torch.Tensor, out: torch.Tensor) -> None:
+    """The cache rows of ``images`` (N, C, H, W) into ``out`` (N, width) float32, compiled."""
+    from instantft.engine.kernels import fill_rows
+
+    x, rows, w, pad = images.contiguous().numpy(), out.numpy(), _weights(base), base.conv1.padding[0]
+    split_rows(len(x), lambda a, b: fill_rows(x[a:b], pad, *w, rows[a:b]))
+
+
+@torch.no_grad()
+def compiled_fill(base: LeNet5, images: torch.Tensor, cache: ForwardCache, start: int) -> None:
+    """The cache rows of ``images`` straight into ``cache`` storage slots ``start..``: fp32 rows,
+    or NF4 codes encoded row by row (bit-identical to :func:`instantft.nf4.quantize`)."""
+    from instantft.engine.kernels import fill_rows, fill_rows_nf4
+
+    n = len(images)
+    x, w, pad = images.contiguous().numpy(), _weights(base), base.conv1.padding[0]
+    if cache.storage == "fp32":
+        rows = cache.rows[start : start + n].numpy()
+        split_rows(n, lambda a, b: fill_rows(x[a:b], pad, *w, rows[a:b]))
+    else:
+        codes, absmax = cache.codes[start : start + n].numpy(), cache.absmax[start : start + n].numpy()
+        thresholds, bs = nf4.NF4_THRESHOLDS.numpy(), cache.block_size
+        split_rows(n, lambda a, b: fill_rows_nf4(x[a:b], pad, *w, thresholds, bs, codes[a:b], absmax[a:b]))
+
+
+@torch.no_grad()
+def torch_rows_into(
+    base: LeNet5, images: torch.Tensor, out: torch.Tensor, ready: Callable[[int, int], None] | None = None
 ) -> None:
-    """Write the cache rows of ``images`` (N, C, H, W) into ``out`` (N, width) float32, calling
-    ``ready(lo, hi)`` after each pass of the torch layers has finished rows lo..hi-1."""
+    """The cache rows of ``images`` into ``out`` with torch ops, calling ``ready(lo, hi)`` after
+    each pass has finished rows lo..hi-1."""
     sizes = [*base.layer_input_sizes()[1:], base.config.num_classes]
     bounds = np.cumsum([0, *sizes]).tolist()
     if out.shape != (len(images), bounds[-1]):
         raise ValueError(f"out must be ({len(images)}, {bounds[-1]}), got {tuple(out.shape)}")
-    conv1 = base.conv1
-    c1 = conv1.out_channels
-    s1 = round((sizes[0] / c1) ** 0.5)
-    kernel = _conv1_kernel() if use_numba and conv1.kernel_size == (5, 5) and c1 % 2 == 0 else None
-    if kernel is not None:
-        w1 = conv1.weight.detach().contiguous().numpy()
-        assert conv1.bias is not None  # LeNet5's conv1 has a bias
-        b1 = conv1.bias.detach().contiguous().numpy()
-    if kernel is not None:  # conv1 for all rows first, on every core, before torch's threads wake up
-        x1_all = torch.empty(len(images), c1, s1, s1)
-        xn, x1n, pad = images.contiguous().numpy(), x1_all.numpy(), conv1.padding[0]
-        split_rows(len(images), lambda a, b: kernel(xn[a:b], w1, b1, pad, x1n[a:b]))
     for lo in range(0, len(images), TORCH_CHUNK):
         rows = out[lo : lo + TORCH_CHUNK]
-        x1 = x1_all[lo : lo + len(rows)] if kernel is not None else pool2x2(F.relu(conv1(images[lo : lo + len(rows)])))
+        x1 = pool2x2(F.relu_(base.conv1(images[lo : lo + len(rows)])))
         x2 = pool2x2(F.relu_(base.conv2(x1))).flatten(1)
         x3 = F.relu_(base.fc1(x2))
         x4 = F.relu_(base.fc2(x3))

@@ -16,7 +16,7 @@ import torch
 from instantft import nf4
 from instantft.cache import CacheSource, ForwardCache
 from instantft.data import ImageSet
-from instantft.engine.fill import CHUNK, base_rows_into
+from instantft.engine.fill import compiled_fill, compiled_fill_supported, compiled_rows_into, torch_rows_into
 from instantft.engine.layout import Layout
 from instantft.engine.store import FastForwardCache, Ready
 from instantft.errors import InstantFTError
@@ -63,21 +63,26 @@ def fill_cache(method: _SkipMethod, data: ImageSet, use_numba: bool) -> ForwardC
     cache = method.cache
     cache.bind(CacheSource(method.base_fingerprint, data.fingerprint))
     todo = torch.nonzero(~cache.contains(data.indices)).flatten()
-    if isinstance(cache, FastForwardCache):
-        cache.check_room(len(todo))
-    everything = len(todo) == len(data)
-    for lo in range(0, len(todo), CHUNK):
-        rows = slice(lo, lo + CHUNK) if everything else todo[lo : lo + CHUNK]
-        images, keys = data.images[rows], data.indices[rows]
-        if isinstance(cache, FastForwardCache):
-            def write(dst: torch.Tensor, ready: Ready, x: torch.Tensor = images) -> None:
-                base_rows_into(method.base, x, dst, use_numba, ready)
+    if not len(todo):
+        return cache
+    rows = slice(None) if len(todo) == len(data) else todo
+    images, keys = data.images[rows], data.indices[rows]
+    base, compiled = method.base, use_numba and compiled_fill_supported(method.base)
+    if isinstance(cache, FastForwardCache) and compiled:
+        cache.fill_slots(keys, lambda start: compiled_fill(base, images, cache, start))
+    elif isinstance(cache, FastForwardCache):
 
-            cache.fill(keys, write)
-        else:  # a cache made by the reference path
-            out = torch.empty(len(keys), cache.width)
-            base_rows_into(method.base, images, out, use_numba)
-            cache.put(keys, out)
+        def write(dst: torch.Tensor, ready: Ready) -> None:
+            torch_rows_into(base, images, dst, ready)
+
+        cache.fill(keys, write)
+    else:  # a cache the reference loop made: its own put
+        out = torch.empty(len(keys), cache.width)
+        if compiled:
+            compiled_rows_into(base, images, out)
+        else:
+            torch_rows_into(base, images, out)
+        cache.put(keys, out)
     return cache
 
 

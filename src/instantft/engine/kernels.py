@@ -1,5 +1,5 @@
 """The compiled kernels (numba, ``cache=True``): the whole Skip2-LoRA / InstantFT training run in
-one call, NF4 encode/decode, and the first conv layer of the cache fill.
+one call, NF4 encode/decode, and the cache fill (the frozen LeNet-5 forward, row by row).
 
 Why compiled: one SGD step is ~0.8 MFLOP (20 samples × 5 adapters of rank 4 over 2,584 inputs,
 forward and update). Each ATen call costs microseconds, so a step written with torch ops is
@@ -345,6 +345,51 @@ def train_nf4(
     return last - first
 
 
+@njit(fastmath=EXACT)
+def _encode_workspace(nblocks, block_size):
+    padded = np.zeros(nblocks * block_size, np.float32)
+    top_bits = np.zeros(nblocks, np.int32)
+    return padded, np.empty(nblocks * block_size, np.uint8), top_bits, np.zeros(nblocks, np.bool_)
+
+
+@njit(fastmath=EXACT)
+def _encode_row(row, thresholds, block_size, codes, absmax, padded, code, top_bits, negative):
+    """One row of :func:`encode_nf4` (the other arguments are its workspace)."""
+    nblocks = absmax.shape[0]
+    bits = padded.view(np.int32)
+    top = top_bits.view(np.float32)  # the absmax of each block
+    padded[: row.shape[0]] = row
+    for blk in range(nblocks):
+        b = bits[blk * block_size : (blk + 1) * block_size]
+        largest, signs = np.int32(0), np.int32(0)
+        for j in range(block_size):
+            largest = max(largest, np.int32(b[j] & np.int32(0x7FFFFFFF)))
+            signs = np.int32(signs | b[j])
+        top_bits[blk] = largest
+        negative[blk] = signs < 0
+    for blk in range(nblocks):
+        absmax[blk] = top[blk]
+        s = top[blk] if top[blk] > 0 else np.float32(1.0)
+        x = padded[blk * block_size : (blk + 1) * block_size]
+        c = code[blk * block_size : (blk + 1) * block_size]
+        if negative[blk]:
+            for j in range(block_size):
+                v = x[j] / s
+                k = np.uint8(0)
+                for t in range(15):
+                    k += np.uint8(thresholds[t] < v)
+                c[j] = k
+        else:
+            for j in range(block_size):
+                v = x[j] / s
+                k = np.uint8(7)
+                for t in range(7, 15):
+                    k += np.uint8(thresholds[t] < v)
+                c[j] = k
+    for q in range(codes.shape[0]):
+        codes[q] = code[2 * q] | (code[2 * q + 1] << np.uint8(4))
+
+
 @njit(cache=True, fastmath=EXACT, nogil=True)
 def encode_nf4(rows, thresholds, block_size, codes, absmax):
     """Quantise fp32 rows to NF4 exactly as :func:`instantft.nf4.quantize` does: zero padding to
@@ -356,94 +401,133 @@ def encode_nf4(rows, thresholds, block_size, codes, absmax):
     ``torch.amax``); and a block without a sign bit set (ReLU outputs: x1..x4) is above the
     seven negative thresholds, so only the other eight are compared.
     """
-    n, width = rows.shape
-    nblocks = absmax.shape[1]
-    padded = np.zeros(nblocks * block_size, np.float32)
-    bits = padded.view(np.int32)
-    code = np.empty(nblocks * block_size, np.uint8)
-    top_bits = np.zeros(nblocks, np.int32)
-    top = top_bits.view(np.float32)  # the absmax of each block
-    negative = np.zeros(nblocks, np.bool_)
-    for i in range(n):
-        padded[:width] = rows[i]
-        for blk in range(nblocks):
-            b = bits[blk * block_size : (blk + 1) * block_size]
-            largest, signs = np.int32(0), np.int32(0)
-            for j in range(block_size):
-                largest = max(largest, np.int32(b[j] & np.int32(0x7FFFFFFF)))
-                signs = np.int32(signs | b[j])
-            top_bits[blk] = largest
-            negative[blk] = signs < 0
-        for blk in range(nblocks):
-            absmax[i, blk] = top[blk]
-            s = top[blk] if top[blk] > 0 else np.float32(1.0)
-            x = padded[blk * block_size : (blk + 1) * block_size]
-            c = code[blk * block_size : (blk + 1) * block_size]
-            if negative[blk]:
-                for j in range(block_size):
-                    v = x[j] / s
-                    k = np.uint8(0)
-                    for t in range(15):
-                        k += np.uint8(thresholds[t] < v)
-                    c[j] = k
-            else:
-                for j in range(block_size):
-                    v = x[j] / s
-                    k = np.uint8(7)
-                    for t in range(7, 15):
-                        k += np.uint8(thresholds[t] < v)
-                    c[j] = k
-        out = codes[i]
-        for q in range(out.shape[0]):
-            out[q] = code[2 * q] | (code[2 * q + 1] << np.uint8(4))
+    work = _encode_workspace(absmax.shape[1], block_size)
+    for i in range(rows.shape[0]):
+        _encode_row(rows[i], thresholds, block_size, codes[i], absmax[i], *work)
 
 
 # --- the cache fill -----------------------------------------------------------------------------
-@njit(cache=True, fastmath=FAST, nogil=True)
-def conv1_relu_pool(images, weight, bias, pad, out):
-    """out[i] = maxpool2×2(ReLU(conv5×5(images[i], zero padding ``pad``) + bias)); 5×5 kernels,
-    an even number of output channels.
+@njit(fastmath=FAST)
+def _conv_relu_pool(flat, cin, height, width, weight, bias, conv, rowmax, out):
+    """out (cout, P, P) = maxpool2×2(ReLU(conv5×5(x) + bias)), x = the first cin·height·width
+    values of ``flat`` seen as (cin, height, width) (already zero-padded; ``flat`` has some slack
+    after it); 5×5 kernels, an even number of output channels.
 
-    oneDNN runs this layer at a few GFLOP/s (one input channel). Here each padded image is one
-    flat array, so a whole output channel is a single long loop (including a few wrap-around
-    columns that pooling ignores): per kernel row, out[j] += Σ_kx w·in[j + ky·W + kx], two output
-    channels at a time to share the input loads. Pooling then reads the rows it needs.
+    Each input channel is one flat array, so a whole output channel is a single long vector loop
+    (``conv`` is (cout, m), m ≥ (height−4)·width rounded up to 16, so a few wrap-around columns
+    and tail values are computed and never read): per kernel row, out[j] += Σ_kx w·in[j + ky·W +
+    kx], two output channels at a time to share the input loads. oneDNN runs conv1 (one input
+    channel) at a few GFLOP/s; this is several times faster.
     """
-    n, cin, height, width = images.shape
-    cout = weight.shape[0]
-    size = height + 2 * pad - 4
-    half = size // 2
-    wp = width + 2 * pad  # padded row length
-    m = size * wp  # conv outputs computed per channel
-    flat = np.zeros((cin, (height + 2 * pad) * wp + 8), np.float32)
-    conv = np.empty((cout, m), np.float32)
-    rowmax = np.empty(wp, np.float32)
-    for i in range(n):
+    cout, m = conv.shape
+    half = (height - 4) // 2
+    for co in range(cout):
+        conv[co, :] = bias[co]
+    for co in range(0, cout, 2):
+        ca, cb = conv[co], conv[co + 1]
         for ci in range(cin):
-            for y in range(height):
-                flat[ci, (pad + y) * wp + pad : (pad + y) * wp + pad + width] = images[i, ci, y]
-        for co in range(cout):
-            conv[co, :] = bias[co]
-        for co in range(0, cout, 2):
-            ca, cb = conv[co], conv[co + 1]
-            for ci in range(cin):
-                for ky in range(5):
-                    src = flat[ci, ky * wp : ky * wp + m + 4]
-                    a0, a1, a2 = weight[co, ci, ky, 0], weight[co, ci, ky, 1], weight[co, ci, ky, 2]
-                    a3, a4 = weight[co, ci, ky, 3], weight[co, ci, ky, 4]
-                    b0, b1, b2 = weight[co + 1, ci, ky, 0], weight[co + 1, ci, ky, 1], weight[co + 1, ci, ky, 2]
-                    b3, b4 = weight[co + 1, ci, ky, 3], weight[co + 1, ci, ky, 4]
-                    for j in range(m):
-                        s0, s1, s2, s3, s4 = src[j], src[j + 1], src[j + 2], src[j + 3], src[j + 4]
-                        ca[j] += a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3 + a4 * s4
-                        cb[j] += b0 * s0 + b1 * s1 + b2 * s2 + b3 * s3 + b4 * s4
-        for co in range(cout):
-            c = conv[co]
-            for py in range(half):
-                top = c[2 * py * wp : 2 * py * wp + wp]
-                bottom = c[(2 * py + 1) * wp : (2 * py + 1) * wp + wp]
-                for j in range(wp):
-                    rowmax[j] = max(top[j], bottom[j])
-                dst = out[i, co, py]
-                for px in range(half):
-                    dst[px] = max(max(rowmax[2 * px], rowmax[2 * px + 1]), np.float32(0.0))
+            for ky in range(5):
+                first = ci * height * width + ky * width
+                src = flat[first : first + m + 4]
+                a0, a1, a2 = weight[co, ci, ky, 0], weight[co, ci, ky, 1], weight[co, ci, ky, 2]
+                a3, a4 = weight[co, ci, ky, 3], weight[co, ci, ky, 4]
+                b0, b1, b2 = weight[co + 1, ci, ky, 0], weight[co + 1, ci, ky, 1], weight[co + 1, ci, ky, 2]
+                b3, b4 = weight[co + 1, ci, ky, 3], weight[co + 1, ci, ky, 4]
+                for j in range(m):
+                    s0, s1, s2, s3, s4 = src[j], src[j + 1], src[j + 2], src[j + 3], src[j + 4]
+                    ca[j] += a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3 + a4 * s4
+                    cb[j] += b0 * s0 + b1 * s1 + b2 * s2 + b3 * s3 + b4 * s4
+    for co in range(cout):
+        c = conv[co]
+        for py in range(half):
+            top = c[2 * py * width : 2 * py * width + width]
+            bottom = c[(2 * py + 1) * width : (2 * py + 1) * width + width]
+            for j in range(width):
+                rowmax[j] = max(top[j], bottom[j])
+            dst = out[co, py]
+            for px in range(half):
+                dst[px] = max(max(rowmax[2 * px], rowmax[2 * px + 1]), np.float32(0.0))
+
+
+@njit(fastmath=FAST)
+def _linear(x, weight, bias, relu, out):
+    """out = weight·x + bias (ReLU'd if ``relu``): one vector dot product per output."""
+    for o in range(weight.shape[0]):
+        w = weight[o]
+        acc = np.float32(0.0)
+        for i in range(x.shape[0]):
+            acc += w[i] * x[i]
+        v = acc + bias[o]
+        out[o] = max(v, np.float32(0.0)) if relu else v
+
+
+@njit(fastmath=FAST)
+def _padded_size(cin, height, width):
+    """(flat buffer length, m) for a 5×5 conv over (cin, height, width): m = outputs computed per
+    channel (a multiple of 16), the buffer long enough for the last shifted read."""
+    m = -(-((height - 4) * width) // 16) * 16
+    return max(cin * height * width, (cin - 1) * height * width + 4 * width + m + 4), m
+
+
+@njit(fastmath=FAST)
+def _fill_workspace(cin, size, pad, w1, w2):
+    wp = size + 2 * pad
+    len1, m1 = _padded_size(cin, wp, wp)
+    s1 = (wp - 4) // 2
+    len2, m2 = _padded_size(w1.shape[0], s1, s1)
+    return (
+        np.zeros(len1, np.float32),
+        np.empty((w1.shape[0], m1), np.float32),
+        np.zeros(len2, np.float32),
+        np.empty((w2.shape[0], m2), np.float32),
+        np.empty(max(wp, s1), np.float32),
+    )
+
+
+@njit(fastmath=FAST)
+def _base_row(image, pad, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5, row, flat1, conv1, flat2, conv2, rowmax):
+    """row = [x1 | x2 | x3 | x4 | f(x)] of one image (cin, H, W): the frozen base forward."""
+    cin, height, width = image.shape
+    wp = width + 2 * pad
+    s1 = (height + 2 * pad - 4) // 2
+    s2 = (s1 - 4) // 2
+    c1, c2 = w1.shape[0], w2.shape[0]
+    n1, n2, n3, n4 = c1 * s1 * s1, c2 * s2 * s2, w3.shape[0], w4.shape[0]
+    for ci in range(cin):  # zero padding: the border of flat1 stays 0
+        for y in range(height):
+            first = (ci * (height + 2 * pad) + pad + y) * wp + pad
+            flat1[first : first + width] = image[ci, y]
+    x1 = row[:n1].reshape((c1, s1, s1))
+    _conv_relu_pool(flat1, cin, height + 2 * pad, wp, w1, b1, conv1, rowmax, x1)
+    flat2[:n1] = row[:n1]
+    x2 = row[n1 : n1 + n2].reshape((c2, s2, s2))
+    _conv_relu_pool(flat2, c1, s1, s1, w2, b2, conv2, rowmax, x2)
+    x3 = row[n1 + n2 : n1 + n2 + n3]
+    _linear(row[n1 : n1 + n2], w3, b3, True, x3)
+    x4 = row[n1 + n2 + n3 : n1 + n2 + n3 + n4]
+    _linear(x3, w4, b4, True, x4)
+    _linear(x4, w5, b5, False, row[n1 + n2 + n3 + n4 :])
+
+
+@njit(cache=True, fastmath=FAST, nogil=True)
+def fill_rows(images, pad, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5, rows):
+    """rows[i] = the Forward Cache row of images[i] (the whole LeNet-5 forward, compiled: no
+    torch op, so no OpenMP barrier that another process on the machine can stall)."""
+    work = _fill_workspace(images.shape[1], images.shape[2], pad, w1, w2)
+    for i in range(images.shape[0]):
+        _base_row(images[i], pad, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5, rows[i], *work)
+
+
+@njit(cache=True, fastmath=FAST, nogil=True)
+def fill_rows_nf4(images, pad, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5, thresholds, block_size, codes, absmax):
+    """:func:`fill_rows` for the NF4 cache: each row is encoded (:func:`encode_nf4`) while it is
+    still in L1, so the fp32 rows never exist as a whole."""
+    work = _fill_workspace(images.shape[1], images.shape[2], pad, w1, w2)
+    s1 = (images.shape[2] + 2 * pad - 4) // 2
+    s2 = (s1 - 4) // 2
+    width = w1.shape[0] * s1 * s1 + w2.shape[0] * s2 * s2 + w3.shape[0] + w4.shape[0] + w5.shape[0]
+    row = np.empty(width, np.float32)
+    encode_work = _encode_workspace(absmax.shape[1], block_size)
+    for i in range(images.shape[0]):
+        _base_row(images[i], pad, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5, row, *work)
+        _encode_row(row, thresholds, block_size, codes[i], absmax[i], *encode_work)

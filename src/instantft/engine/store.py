@@ -3,9 +3,10 @@
 :class:`instantft.cache.ForwardCache` takes finished rows and, for NF4, quantises them with torch
 ops (~100 ms for 1,024 rows here: slower than the whole fine-tune should be). This subclass keeps
 its storage, keys, identity checks and byte limit, and changes only how rows get in:
-:meth:`FastForwardCache.fill` hands the caller the fp32 storage slice to write the base forward
-into directly, or a reusable scratch block that the compiled encoder (bit-identical to
-:func:`instantft.nf4.quantize`) turns into codes.
+:meth:`FastForwardCache.fill_slots` lets the compiled fill write fp32 rows or NF4 codes straight
+into storage; :meth:`FastForwardCache.fill` hands a writer the fp32 slice, or a scratch block
+that is encoded (compiled encoder, bit-identical to :func:`instantft.nf4.quantize`, when numba is
+there) as soon as rows are ready.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class FastForwardCache(ForwardCache):
     def put(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
         if rows.shape != (len(keys), self.width):
             raise ValueError(f"rows must be ({len(keys)}, {self.width}), got {tuple(rows.shape)}")
+
         def write(dst: torch.Tensor, ready: Ready) -> None:
             dst.copy_(rows)
             ready(0, len(rows))
@@ -64,6 +66,15 @@ class FastForwardCache(ForwardCache):
                 self._scratch = torch.empty(n, self.width)
             rows = self._scratch[:n]
             write(rows, lambda lo, hi: self._encode(rows[lo:hi], start + lo, start + hi))
+        self._record(keys, start)
+
+    def fill_slots(self, keys: torch.Tensor, write: Callable[[int], None]) -> None:
+        """Store ``len(keys)`` new rows that ``write(start)`` puts straight into storage slots
+        ``start..start+n-1`` (``rows``, or ``codes`` and ``absmax``): for the compiled fill,
+        which encodes NF4 itself."""
+        self.check_room(len(keys))
+        start = self._count
+        write(start)
         self._record(keys, start)
 
     def _encode(self, rows: torch.Tensor, start: int, stop: int) -> None:

@@ -64,11 +64,13 @@ TARGETS = {"speedup_skip2": 40.0, "speedup_instantft": 35.0, "flop_multiple": 5.
 
 # --- FLOPs ------------------------------------------------------------------------------------
 
+
 def _make(name: str, model: Any, config: Any) -> Any:
     """A fresh method (bench builds one per timed run)."""
     from instantft.methods import create
 
     return create(name, model, config)
+
 
 def base_forward_macs(model: LeNet5) -> int:
     """Multiply-accumulates of one frozen forward pass (conv and linear layers)."""

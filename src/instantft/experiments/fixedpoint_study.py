@@ -18,12 +18,12 @@ import json
 import os
 import statistics
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from instantft.errors import InstantFTError
+from instantft.experiments.runner import run_pending
 from instantft.fileio import atomic_write, atomic_write_json, atomic_write_text
 from instantft.fixedpoint.formats import ACT_FORMAT, PARAM_FORMAT, FixedPointConfig, QFormat, Rounding
 from instantft.progress import progress_bar
@@ -157,14 +157,7 @@ def run_groups(groups: Sequence[Group], path: Path, jobs: int, show_progress: bo
             bar.advance(task, len(records))
             bar.update(task, status=f"{g.dataset} seed {g.seed}")
 
-        if jobs <= 1:
-            for g in todo:
-                finish(run_group(g), g)
-        else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = [(pool.submit(run_group, g, 1), g) for g in todo]
-                for fut, g in futures:
-                    finish(fut.result(), g)
+        run_pending(todo, run_group, lambda g, records: finish(records, g), jobs)
     return done
 
 

@@ -10,13 +10,13 @@ in parallel processes (one torch thread each).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import statistics
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 
 from instantft.analysis.paper import PAPER_NAMES
 from instantft.errors import InstantFTError
+from instantft.experiments.runner import run_pending
 from instantft.fileio import atomic_write_json
 from instantft.progress import progress_bar
 
@@ -196,20 +197,8 @@ def run_groups(
             bar.advance(task, len(records))
             bar.update(task, status=f"{g.dataset} {g.angle:g}° seed {g.seed} {g.variant}")
 
-        if jobs <= 1:
-            for g in todo:
-                finish(run_group(g, data_dir=data_dir), g)
-        else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                pending: dict[Future[list[dict[str, Any]]], Group] = {}
-                queue = list(todo)
-                while queue or pending:
-                    while queue and len(pending) < 2 * jobs:
-                        g = queue.pop(0)
-                        pending[pool.submit(run_group, g, 1, data_dir)] = g
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        finish(fut.result(), pending.pop(fut))
+        work = functools.partial(run_group, threads=1 if jobs > 1 else None, data_dir=data_dir)
+        run_pending(todo, work, lambda g, records: finish(records, g), jobs)
     return results
 
 
