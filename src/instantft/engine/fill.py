@@ -15,7 +15,6 @@ This is the largest single cost of a Skip2-LoRA run (0.85 of its 1.29 GFLOP). Tw
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,24 +29,35 @@ from instantft.models import LeNet5, pool2x2
 #: samples per torch pass: the activations of a pass stay in L2 instead of streaming through memory
 TORCH_CHUNK = 256
 
+#: samples per piece of work handed to a thread
+GRAIN = 64
+
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def split_rows(n: int, work: Callable[[int, int], None]) -> None:
-    """Run ``work(lo, hi)`` over rows 0..n-1 cut into ``torch.get_num_threads()`` parts at once.
+    """Run ``work(lo, hi)`` over rows 0..n-1 on ``torch.get_num_threads()`` threads.
 
     For the compiled kernels (``nogil``): plain threads give them the cores torch would use,
-    without a second OpenMP runtime (numba's ``parallel=True``) competing with torch's.
+    without a second OpenMP runtime (numba's ``parallel=True``) competing with torch's. The
+    threads take pieces of :data:`GRAIN` rows from a shared queue, so when a core is busy
+    elsewhere (another process, or torch's OpenMP threads still spinning for a few ms after a
+    torch op) the other thread simply does more of the work.
     """
-    parts = max(1, min(torch.get_num_threads(), n // 16))
+    parts = max(1, min(torch.get_num_threads(), n // GRAIN))
     if parts == 1:
         work(0, n)
         return
     if parts not in _pools:
         _pools[parts] = ThreadPoolExecutor(parts - 1, thread_name_prefix="instantft-engine")
-    edges = np.linspace(0, n, parts + 1).astype(int).tolist()
-    futures = [_pools[parts].submit(work, a, b) for a, b in itertools.pairwise(edges[1:])]
-    work(edges[0], edges[1])
+    pieces = iter([(lo, min(lo + GRAIN, n)) for lo in range(0, n, GRAIN)])
+
+    def drain() -> None:
+        for lo, hi in pieces:  # next() on a shared iterator is atomic under the GIL
+            work(lo, hi)
+
+    futures = [_pools[parts].submit(drain) for _ in range(parts - 1)]
+    drain()
     for f in futures:
         f.result()
 
@@ -60,8 +70,9 @@ def compiled_fill_supported(base: LeNet5) -> bool:
 def _weights(base: LeNet5) -> list[np.ndarray]:
     params = []
     for layer in base.layers:
-        assert layer.bias is not None  # every LeNet-5 layer has one
-        params += [layer.weight.detach().contiguous().numpy(), layer.bias.detach().contiguous().numpy()]
+        weight, bias = layer.weight, layer.bias
+        assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)  # every layer has both
+        params += [weight.detach().contiguous().numpy(), bias.detach().contiguous().numpy()]
     return params
 
 
@@ -71,7 +82,7 @@ def compiled_rows_into(base: LeNet5, images: torch.Tensor, out: torch.Tensor) ->
     from instantft.engine.kernels import fill_rows
 
     x, rows, w, pad = images.contiguous().numpy(), out.numpy(), _weights(base), base.conv1.padding[0]
-    split_rows(len(x), lambda a, b: fill_rows(x[a:b], pad, *w, rows[a:b]))
+    split_rows(len(x), lambda a, b: fill_rows(x[a:b], pad, *w, rows[a:b]))  # type: ignore[call-arg]
 
 
 @torch.no_grad()
@@ -84,11 +95,13 @@ def compiled_fill(base: LeNet5, images: torch.Tensor, cache: ForwardCache, start
     x, w, pad = images.contiguous().numpy(), _weights(base), base.conv1.padding[0]
     if cache.storage == "fp32":
         rows = cache.rows[start : start + n].numpy()
-        split_rows(n, lambda a, b: fill_rows(x[a:b], pad, *w, rows[a:b]))
+        split_rows(n, lambda a, b: fill_rows(x[a:b], pad, *w, rows[a:b]))  # type: ignore[call-arg]
     else:
         codes, absmax = cache.codes[start : start + n].numpy(), cache.absmax[start : start + n].numpy()
         thresholds, bs = nf4.NF4_THRESHOLDS.numpy(), cache.block_size
-        split_rows(n, lambda a, b: fill_rows_nf4(x[a:b], pad, *w, thresholds, bs, codes[a:b], absmax[a:b]))
+        split_rows(
+            n, lambda a, b: fill_rows_nf4(x[a:b], pad, *w, thresholds, bs, codes[a:b], absmax[a:b])  # type: ignore[call-arg]
+        )
 
 
 @torch.no_grad()
