@@ -160,20 +160,15 @@ class FixedPointInstantFT(Method):
         codes = torch.cat([p[0] for p in parts])
         absmax = torch.cat([p[1] for p in parts])
         sizes = [*self.in_sizes[1:], self.num_classes]
-        loss_sum, count, last_epoch = 0.0, 0, 0
         for epoch, step, rows in schedule(len(data), self.config):
-            if epoch != last_epoch:
-                result.epoch_losses.append(loss_sum / max(count, 1))
-                loss_sum, count, last_epoch = 0.0, 0, epoch
             cached = decode(codes[rows], absmax[rows], self.cache_width, act, rnd, self.counters)
             *xs, base_logits = torch.split(cached, sizes, dim=1)
             xs = [x0[rows].flatten(1), *xs]
             loss = self.adapters.sgd_step(xs, base_logits, data.labels[rows], self.tables, self.counters)
-            loss_sum, count = loss_sum + loss, count + 1
-            result.steps += 1
+            result.add_step(epoch, loss)
             if on_step:
                 on_step(epoch, step)
-        result.epoch_losses.append(loss_sum / max(count, 1))
+        result.end()
         result.seconds = time.perf_counter() - start
         result.cache_bytes = len(data) * entry_bits(self.cache_width, act) // 8
         return result

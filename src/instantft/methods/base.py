@@ -112,10 +112,28 @@ def check_loss(loss: float, epoch: int, step: int) -> None:
 
 @dataclass
 class FitResult:
+    """What a fit reports. The training loops log each step with :meth:`add_step` and call
+    :meth:`end` once, so the mean loss of every epoch is kept the same way by every loop."""
+
     seconds: float = 0.0
     steps: int = 0
     cache_bytes: int = 0
     epoch_losses: list[float] = field(default_factory=list)
+    _epoch: int = field(default=0, repr=False, compare=False)
+    _loss_sum: float = field(default=0.0, repr=False, compare=False)
+    _count: int = field(default=0, repr=False, compare=False)
+
+    def add_step(self, epoch: int, loss: float) -> None:
+        if epoch != self._epoch:
+            self.end()
+            self._epoch = epoch
+        self._loss_sum, self._count = self._loss_sum + loss, self._count + 1
+        self.steps += 1
+
+    def end(self) -> None:
+        """Close the current epoch's mean loss."""
+        self.epoch_losses.append(self._loss_sum / max(self._count, 1))
+        self._loss_sum, self._count = 0.0, 0
 
 
 class Method(ABC):
@@ -172,22 +190,17 @@ class AutogradMethod(Method):
             return result
         self.model.train()
         opt = torch.optim.SGD(params, lr=self.config.lr)
-        loss_sum, count, last_epoch = 0.0, 0, 0
         for epoch, step, rows in schedule(len(data), self.config):
-            if epoch != last_epoch:
-                result.epoch_losses.append(loss_sum / max(count, 1))
-                loss_sum, count, last_epoch = 0.0, 0, epoch
             loss = F.cross_entropy(self.model(data.images[rows]), data.labels[rows])
             value = float(loss.detach())
             check_loss(value, epoch, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum, count = loss_sum + value, count + 1
-            result.steps += 1
+            result.add_step(epoch, value)
             if on_step:
                 on_step(epoch, step)
-        result.epoch_losses.append(loss_sum / max(count, 1))
+        result.end()
         result.seconds = time.perf_counter() - start
         self.model.eval()
         return result

@@ -157,11 +157,7 @@ class _SkipMethod(Method):
             self.cache.bind(CacheSource(self.base_fingerprint, data.fingerprint))
             if self.config.cache_fill == "batched":
                 self.fill_cache(data)
-        loss_sum, count, last_epoch = 0.0, 0, 0
         for epoch, step, rows in schedule(len(data), self.config):
-            if epoch != last_epoch:
-                result.epoch_losses.append(loss_sum / max(count, 1))
-                loss_sum, count, last_epoch = 0.0, 0, epoch
             images = data.images[rows]
             if self.cache is None:
                 xs, base_logits = self.base.trace(images)
@@ -173,11 +169,10 @@ class _SkipMethod(Method):
                 xs = [images.flatten(1), *cached]
             loss = self.adapters.sgd_step(xs, base_logits, data.labels[rows], self.config.lr)
             check_loss(loss, epoch, step)
-            loss_sum, count = loss_sum + loss, count + 1
-            result.steps += 1
+            result.add_step(epoch, loss)
             if on_step:
                 on_step(epoch, step)
-        result.epoch_losses.append(loss_sum / max(count, 1))
+        result.end()
         result.seconds = time.perf_counter() - start
         result.cache_bytes = self.cache.nbytes if self.cache is not None else 0
         return result
