@@ -33,7 +33,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from instantft.pretrain import PretrainConfig, pretrain_to_file
 
     config = PretrainConfig(args.dataset, args.samples, args.epochs, args.batch_size, args.lr, args.seed)
-    out = ensure_writable(args.out or f"lenet5-{args.dataset}.safetensors")
+    from instantft.data.files import existing_files
+
+    out = ensure_writable(args.out or f"lenet5-{args.dataset}.safetensors", existing_files(args.dataset, args.data_dir))
     meta = pretrain_to_file(config, out, data_dir=args.data_dir, show_progress=not args.json)
     if args.json:
         print(json.dumps({**meta, "out": str(out)}))
@@ -114,7 +116,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from instantft.fixedpoint import describe, numerics_config
 
     if args.save_adapter:
-        ensure_writable(args.save_adapter)
+        from instantft.data.files import existing_files
+        from instantft.run import base_dataset
+
+        inputs = [args.checkpoint, *existing_files(base_dataset(args.dataset), args.data_dir)]
+        ensure_writable(args.save_adapter, inputs)
     if args.threads is not None and args.threads < 1:
         raise InstantFTError(f"--threads must be >= 1, got {args.threads}")
     config = config_from_args(args, args.dataset, args.seed)

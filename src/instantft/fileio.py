@@ -1,54 +1,126 @@
-"""Atomic file writes and hashing, shared by checkpoints, adapters and results.
+"""Atomic file writes, hashing and the one tensor-file format, shared by checkpoints, adapters
+and results.
 
 An interrupted write must leave the previous file intact, so everything is written to a
-temporary file in the target directory, fsync'ed, then renamed over the target.
+temporary file in the target directory, fsync'ed, then renamed over the target. A temp file
+carries the writer's process id in its name, so one left by a killed run is removed by the next
+write to the same target. Nothing non-finite is ever written (tensors and JSON alike), a target
+that exists and is not a regular file (``/dev/null``, a FIFO, a directory) is refused, and so is
+a target that is one of the run's own inputs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from instantft.errors import InstantFTError
 
+PathLike = str | os.PathLike[str]
 
-def ensure_writable(path: str | os.PathLike[str]) -> Path:
-    """Fail now, with one line, if ``path`` cannot be written - before hours of work, not after."""
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def ensure_writable(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path:
+    """Fail now, with one line, if ``path`` cannot be written - before hours of work, not after.
+
+    Refused: a target that exists and is not a regular file (a device such as ``/dev/null``, a
+    FIFO, a socket, a directory: replacing it by rename would destroy it), a target that is one
+    of ``inputs`` (the files the run reads: it would replace its own input), and a directory
+    that cannot be written."""
     path = Path(path)
     try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None  # NotADirectoryError: the probe below says why the directory is unusable
+    except OSError as exc:
+        raise InstantFTError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise InstantFTError(f"{path}: is a directory, expected a file name")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise InstantFTError(f"{path}: exists and is not a regular file (a device, FIFO or socket); not replacing it")
+    for inp in inputs:
+        if inp is not None and st is not None and _same_file(path, Path(inp)):
+            raise InstantFTError(f"{path}: is also an input of this run ({inp}); choose another output file")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".probe", dir=path.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise InstantFTError(f"{path}: cannot write here ({exc.strerror or exc})") from None
-    if path.is_dir():
-        raise InstantFTError(f"{path}: is a directory, expected a file name")
     return path
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_temps(path: PathLike) -> list[Path]:
+    """Remove the temp files of writes to ``path`` whose writer process no longer exists (a run
+    killed mid-write); return what was removed. Temp files of live writers are left alone."""
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^.]+\.(tmp|probe)$")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m and entry.is_file(follow_symlinks=False) and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], object], inputs: Iterable[PathLike | None] = ()) -> Path:
     """Call ``write(tmp)`` to fill a temp file beside ``path``, fsync it, rename it to ``path``."""
-    path = ensure_writable(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = ensure_writable(path, inputs)
+    clean_stale_temps(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:  # disk full, quota, I/O error: one line, previous file kept
+            raise InstantFTError(f"{path}: write failed ({exc.strerror or exc}); previous file kept") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -61,19 +133,38 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+def atomic_write_text(path: PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: PathLike, obj: Any) -> Path:
+    """JSON without ``NaN``/``Infinity`` (not JSON, and never a result worth keeping)."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        raise InstantFTError(f"{path}: refusing to write a non-finite number ({_first_non_finite(obj)})") from None
+    return atomic_write_text(path, text + "\n")
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+def _first_non_finite(obj: Any, where: str = "") -> str:
+    """The JSON path of the first NaN/inf in ``obj`` (for the error message)."""
+    stack: list[tuple[Any, str]] = [(obj, where or "$")]
+    while stack:
+        o, w = stack.pop()
+        if isinstance(o, float) and not math.isfinite(o):
+            return f"{w} = {o}"
+        if isinstance(o, dict):
+            stack.extend((v, f"{w}.{k}") for k, v in o.items())
+        elif isinstance(o, list | tuple):
+            stack.extend((v, f"{w}[{i}]") for i, v in enumerate(o))
+    return "non-finite value"
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -81,41 +172,103 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def save_with_record(path: str | os.PathLike[str], state: dict[str, Any], key: str, record: dict[str, Any]) -> Path:
+def tensors_sha256(state: dict[str, Any]) -> str:
+    """A hash of a set of named tensors (names, shapes, dtypes and bytes, in sorted name order):
+    what checkpoints record of their weights and adapters of their tensors."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    import torch
+
+    return [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def save_with_record(
+    path: PathLike, state: dict[str, Any], key: str, record: dict[str, Any], inputs: Iterable[PathLike | None] = ()
+) -> Path:
     """Write tensors as ``.safetensors`` with a JSON ``record`` under ``key`` in the header,
-    atomically: the one file format of checkpoints and adapters (never pickle)."""
+    atomically: the one file format of checkpoints and adapters (never pickle). A NaN or an
+    infinity in any tensor or in the record is refused and nothing is written."""
     from safetensors.torch import save_file
 
-    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={key: json.dumps(record)}))
+    bad = non_finite_tensors(state)
+    if bad:
+        raise InstantFTError(f"{path}: refusing to save non-finite tensors ({', '.join(sorted(bad)[:5])})")
+    try:
+        text = json.dumps(record, allow_nan=False)
+    except ValueError:
+        raise InstantFTError(f"{path}: refusing to save a non-finite number ({_first_non_finite(record)})") from None
+    def write(tmp: Path) -> None:
+        from safetensors import SafetensorError
+
+        try:
+            save_file(state, str(tmp), metadata={key: text})
+        except SafetensorError as exc:  # e.g. the disk filled while serialising
+            raise InstantFTError(f"{path}: write failed ({str(exc).splitlines()[0]}); previous file kept") from None
+
+    return atomic_write(path, write, inputs)
 
 
-def read_record(path: str | os.PathLike[str], key: str, kind: str) -> dict[str, Any]:
-    """The JSON record under ``key`` of a ``.safetensors`` file, without loading its tensors;
-    ``kind`` ("checkpoint", "adapter") names the file in errors."""
+def _open_header(path: Path, kind: str) -> tuple[dict[str, str], dict[str, tuple[str, list[int]]]]:
+    """The string metadata and (dtype, shape) of every tensor, from the header alone."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise InstantFTError(f"{path}: {kind} file not found")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InstantFTError(f"{path}: not a valid safetensors file ({exc})") from None
+            shapes = {}
+            for name in fh.keys():  # noqa: SIM118  (safe_open is not a mapping)
+                sl = fh.get_slice(name)
+                shapes[name] = (str(sl.get_dtype()), list(sl.get_shape()))
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InstantFTError(f"{path}: not a valid safetensors file ({first})") from None
+    return meta, shapes
+
+
+def tensor_shapes(path: PathLike, kind: str = "tensor") -> dict[str, tuple[str, list[int]]]:
+    """name -> (dtype, shape) of each tensor in a ``.safetensors`` file, read from its header
+    only (nothing allocated: a size check against these comes before any load)."""
+    return _open_header(Path(path), kind)[1]
+
+
+def read_record(path: PathLike, key: str, kind: str) -> dict[str, Any]:
+    """The JSON record under ``key`` of a ``.safetensors`` file, without loading its tensors;
+    ``kind`` ("checkpoint", "adapter") names the file in errors and picks the schema of
+    :mod:`instantft.records` the record is validated against (size, depth, types, ranges)."""
+    from instantft.records import SCHEMAS, parse_json_object, validate
+
+    path = Path(path)
+    meta, _ = _open_header(path, kind)
     if key not in meta:
         raise InstantFTError(f"{path}: not an instantft {kind} (no '{key}' metadata)")
-    try:
-        return dict(json.loads(meta[key]))
-    except json.JSONDecodeError:
-        raise InstantFTError(f"{path}: {kind} metadata is not valid JSON") from None
+    record = parse_json_object(meta[key], f"{path}: {kind} metadata")
+    if kind in SCHEMAS:
+        validate(SCHEMAS[kind], record, f"{path}: {kind} metadata")
+    return record
 
 
-def load_tensors(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """All tensors of a ``.safetensors`` file; a damaged file is a one-line error."""
+def load_tensors(path: PathLike, kind: str = "tensor") -> dict[str, Any]:
+    """All tensors of a ``.safetensors`` file; a damaged file, or a NaN or an infinity in any
+    floating-point tensor, is a one-line error."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InstantFTError(f"{path}: cannot read tensors ({exc})") from None
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InstantFTError(f"{path}: cannot read tensors ({first})") from None
+    bad = non_finite_tensors(state)
+    if bad:
+        raise InstantFTError(f"{path}: {kind} holds non-finite values (NaN or inf) in {', '.join(sorted(bad)[:5])}")
+    return state

@@ -7,7 +7,6 @@ C code, so that rotation's zero fill is the background colour.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import os
@@ -44,9 +43,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    @functools.cached_property
+    @property
     def fingerprint(self) -> str:
-        """A short hash of the content: what the Forward Cache checks its entries against."""
+        """A short hash of the content: what the Forward Cache checks its entries against.
+        Recomputed on every access (a few ms for a fine-tuning set), so images or labels changed
+        in place are seen and never served stale activations."""
         h = hashlib.sha256()
         for t in (self.images, self.labels, self.indices):
             h.update(t.contiguous().numpy().tobytes())

@@ -2,16 +2,19 @@
 
 Files are looked for, in order, in ``--data-dir``, ``$INSTANTFT_DATA``, the user cache directory
 and the copies bundled in this package (the MNIST and Fashion-MNIST test splits). A file found
-is verified against its checksum before use. A missing file is downloaded with pooch from the
-dataset's official location into the cache directory (pooch downloads to a temporary name,
-verifies, then renames, so no half-written file is ever left); with ``INSTANTFT_OFFLINE=1`` or
-no network the error names the missing files and where to put them.
+is verified against its checksum every time it is used (hashing is cheaper than parsing, and a
+file can change in place with its size and mtime restored). A missing file is downloaded with
+pooch from each of the dataset's official mirrors in turn into the cache directory (pooch
+downloads to a temporary name, verifies, then renames, so no half-written file is ever left),
+with a rich progress bar on a terminal; with ``INSTANTFT_OFFLINE=1`` or no network the error
+names the missing files, what failed at each mirror, and where to put the files.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,38 +99,41 @@ def search_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     return dirs
 
 
+def existing_files(dataset: str, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Every file of ``dataset`` present in the search directories: a run's inputs, which its
+    outputs must never replace (``fileio.ensure_writable(..., inputs=...)``)."""
+    out = []
+    for d in search_dirs(data_dir):
+        for name, spec in REGISTRY.get(dataset, {}).items():
+            out += [p for p in (d / spec.relpath, d / name) if p.is_file()]
+    return out
+
+
 def _check_readable_dir(d: Path) -> None:
     if d.exists() and not os.access(d, os.R_OK | os.X_OK):
         raise InstantFTError(f"{d}: data directory is not readable (check its permissions)")
 
 
-@functools.lru_cache(maxsize=64)
-def _verified(path: str, size: int, mtime_ns: int, known_hash: str) -> str | None:
-    """Return None when the file matches ``known_hash``, else the hash found (cached per stat)."""
-    algo, expected = known_hash.split(":", 1)
+def _digest(path: Path, algo: str) -> str:
     if algo == "sha256":
-        got = sha256_file(path)
-    else:
-        import hashlib
-
-        h = hashlib.new(algo)
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-        got = h.hexdigest()
-    return None if got == expected else f"{algo}:{got}"
+        return sha256_file(path)
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def verify(path: Path, known_hash: str) -> None:
     """Raise a one-line error when ``path`` does not match its published checksum."""
+    algo, expected = known_hash.split(":", 1)
     try:
-        st = path.stat()
-        mismatch = _verified(str(path), st.st_size, st.st_mtime_ns, known_hash)
+        got = _digest(path, algo)  # every time: no cache keyed on what a tamperer can restore
     except OSError as exc:
         raise InstantFTError(f"{path}: cannot read file ({exc.strerror})") from None
-    if mismatch is not None:
+    if got != expected:
         raise InstantFTError(
-            f"{path}: checksum mismatch (expected {known_hash}, got {mismatch}); "
+            f"{path}: checksum mismatch (expected {known_hash}, got {algo}:{got}); "
             "the file is corrupt or not the official one: delete it and fetch it again"
         )
 
@@ -169,26 +175,65 @@ def locate(
     return found
 
 
+class _RichBar:
+    """The progress-bar object pooch accepts (``total``, ``update``, ``reset``, ``close``),
+    drawn with rich: pooch's own bar needs tqdm, which is not a dependency."""
+
+    def __init__(self, label: str) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self._progress = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                  transient=True)
+        self._task = self._progress.add_task(label, total=None)
+        self._progress.start()
+
+    @property
+    def total(self) -> float | None:
+        return self._progress.tasks[0].total
+
+    @total.setter
+    def total(self, value: float | None) -> None:
+        self._progress.update(self._task, total=value or None)
+
+    def update(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def reset(self) -> None:
+        self._progress.reset(self._task)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
 def _download(spec: DataFile, dirs: list[Path]) -> Path:
+    """Fetch ``spec`` from each mirror in turn; the error lists what failed at every one."""
     where = ", ".join(str(d / spec.relpath) for d in dirs[:-1])
-    offline_msg = (
-        f"missing data file {spec.relpath} and it could not be downloaded ({{why}}); "
-        f"put it at one of: {where} (or pass --data-dir)"
-    )
+
+    def fail(why: str) -> InstantFTError:
+        return InstantFTError(
+            f"missing data file {spec.relpath} and it could not be downloaded ({why}); "
+            f"put it at one of: {where} (or pass --data-dir)"
+        )
+
     if os.environ.get("INSTANTFT_OFFLINE", "") not in ("", "0"):
-        raise InstantFTError(offline_msg.format(why="INSTANTFT_OFFLINE is set"))
+        raise fail("INSTANTFT_OFFLINE is set")
     import pooch
 
     target = cache_dir() / Path(spec.relpath).parent
-    last_error = "no URL"
+    failures: list[str] = []
     for url in spec.urls:
+        bar: _RichBar | bool = _RichBar(Path(spec.relpath).name) if sys.stderr.isatty() else False
         try:
             path = pooch.retrieve(
-                url, known_hash=spec.known_hash, fname=Path(spec.relpath).name, path=target, progressbar=True
+                url, known_hash=spec.known_hash, fname=Path(spec.relpath).name, path=target, progressbar=bar
             )
             return Path(path)
-        except ValueError as exc:  # pooch: hash mismatch after download
-            raise InstantFTError(f"{url}: downloaded file failed verification ({exc})") from None
-        except Exception as exc:  # network errors of any kind: try the next mirror
-            last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    raise InstantFTError(offline_msg.format(why=last_error))
+        except Exception as exc:  # hash mismatch (ValueError), network or disk errors: next mirror
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            mismatch = isinstance(exc, ValueError) and "hash" in first.lower()
+            kind = "checksum mismatch" if mismatch else type(exc).__name__
+            failures.append(f"{url}: {kind}: {first[:200]}")
+        finally:
+            if isinstance(bar, _RichBar):
+                bar.close()
+    raise fail("; ".join(failures) or "no download URL known")

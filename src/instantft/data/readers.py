@@ -4,6 +4,7 @@ MATLAB .mat (SVHN cropped digits). Every format problem is a one-line error nami
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -17,10 +18,16 @@ IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
 
 
-def _read_gzip(path: Path) -> bytes:
+#: an IDX payload claiming more than this is refused before it is decompressed (MNIST's
+#: largest file holds 47 MB), so a small file cannot make the reader allocate gigabytes
+MAX_IDX_BYTES = 1 << 28
+
+
+def _read_gzip(path: Path, limit: int) -> bytes:
+    """At most ``limit`` decompressed bytes (one more tells the caller there was more)."""
     try:
         with gzip.open(path, "rb") as fh:
-            return fh.read()
+            return fh.read(limit)
     except (gzip.BadGzipFile, OSError, EOFError, zlib.error) as exc:
         kind = "truncated gzip data" if isinstance(exc, EOFError) else f"not a valid gzip file ({exc})"
         raise InstantFTError(f"{path}: {kind}") from None
@@ -29,20 +36,24 @@ def _read_gzip(path: Path) -> bytes:
 def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
     """Parse a gzip'ed IDX file of unsigned bytes: images (magic 2051) or labels (2049)."""
     path = Path(path)
-    raw = _read_gzip(path)
-    if len(raw) < 4:
-        raise InstantFTError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    (got_magic,) = struct.unpack(">i", raw[:4])
-    if got_magic != magic:
-        raise InstantFTError(f"{path}: wrong IDX magic number {got_magic} (expected {magic})")
     ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
     header = 4 * (1 + ndim)
-    if len(raw) < header:
-        raise InstantFTError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    dims = struct.unpack(f">{ndim}i", raw[4:header])
-    count = int(np.prod(dims))
+    head = _read_gzip(path, header)
+    if len(head) < 4:
+        raise InstantFTError(f"{path}: truncated IDX header ({len(head)} bytes)")
+    (got_magic,) = struct.unpack(">i", head[:4])
+    if got_magic != magic:
+        raise InstantFTError(f"{path}: wrong IDX magic number {got_magic} (expected {magic})")
+    if len(head) < header:
+        raise InstantFTError(f"{path}: truncated IDX header ({len(head)} bytes)")
+    dims = struct.unpack(f">{ndim}I", head[4:header])  # sizes are unsigned 32-bit
+    count = math.prod(dims)
+    if count > MAX_IDX_BYTES:
+        raise InstantFTError(f"{path}: IDX header {tuple(dims)} claims {count} bytes (limit {MAX_IDX_BYTES})")
+    raw = _read_gzip(path, header + count + 1)
     if len(raw) - header != count:
-        raise InstantFTError(f"{path}: IDX payload has {len(raw) - header} bytes, header {tuple(dims)} needs {count}")
+        got = f"more than {count}" if len(raw) - header > count else str(len(raw) - header)
+        raise InstantFTError(f"{path}: IDX payload has {got} bytes, header {tuple(dims)} needs {count}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -69,14 +80,20 @@ def read_svhn_mat(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
     path = Path(path)
     try:
         mat = scipy.io.loadmat(path)
-    except (ValueError, OSError, TypeError, NotImplementedError) as exc:
-        raise InstantFTError(f"{path}: not a readable MATLAB .mat file ({exc})") from None
+    except MemoryError:
+        raise InstantFTError(f"{path}: .mat file claims more memory than is available") from None
+    except Exception as exc:  # scipy raises many types (MatReadError, ValueError, struct.error, ...)
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise InstantFTError(f"{path}: not a readable MATLAB .mat file ({first})") from None
     for key in ("X", "y"):
         if key not in mat:
             raise InstantFTError(
                 f"{path}: .mat file has no '{key}' variable (found: {sorted(k for k in mat if not k.startswith('__'))})"
             )
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
+    for key, arr in (("X", x), ("y", y)):
+        if arr.dtype.kind not in "uif" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+            raise InstantFTError(f"{path}: .mat variable {key} is not an array of finite numbers ({arr.dtype})")
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise InstantFTError(f"{path}: X has shape {x.shape}, expected (32, 32, 3, N)")
     if x.shape[3] != y.shape[0]:

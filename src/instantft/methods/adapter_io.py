@@ -1,6 +1,9 @@
 """Adapter files: the tensors a method trained, as ``.safetensors`` with a JSON record in the
-header (method, config, shapes, and the fingerprint of the base checkpoint they belong to).
-Written atomically; an adapter made for another base model is refused."""
+header (method, config, shapes, the SHA-256 of the tensors, and the fingerprint of the base
+checkpoint they belong to). Written atomically, never with a non-finite tensor. On load the
+record is validated (:class:`instantft.records.AdapterRecord`), its sizes are checked against
+the tensors actually in the file before anything is allocated, and the tensors must be finite
+and match their recorded hash; an adapter made for another base model is refused."""
 
 from __future__ import annotations
 
@@ -11,14 +14,23 @@ from typing import Any
 import torch
 
 from instantft.errors import InstantFTError
-from instantft.fileio import load_tensors, read_record, save_with_record
+from instantft.fileio import PathLike, load_tensors, read_record, save_with_record, tensor_shapes, tensors_sha256
 from instantft.methods.base import FineTuneConfig, Method, create
 from instantft.models import LeNet5, model_fingerprint
 
 META_KEY = "instantft_adapter"
+#: when a method's shapes cannot be predicted without allocating, a claimed rank above
+#: max(this, the number of values in the file) is refused
+RANK_FLOOR = 64
 
 
-def save_adapter(path: str | os.PathLike[str], method: Method, extra: dict[str, Any] | None = None) -> Path:
+def save_adapter(
+    path: str | os.PathLike[str],
+    method: Method,
+    extra: dict[str, Any] | None = None,
+    inputs: tuple[PathLike | None, ...] = (),
+) -> Path:
+    """Write ``method``'s trained tensors; ``inputs`` are the run's input files (never replaced)."""
     state = {k: v.detach().contiguous().clone() for k, v in method.trainable().items()}
     record = {
         "method": method.name,
@@ -27,30 +39,71 @@ def save_adapter(path: str | os.PathLike[str], method: Method, extra: dict[str, 
         "base_fingerprint": method.base_fingerprint,
         "architecture": method.base.config.name,
         **(extra or {}),
+        "tensors_sha256": tensors_sha256(state),
     }
-    return save_with_record(path, state, META_KEY, record)
+    return save_with_record(path, state, META_KEY, record, inputs)
 
 
 def read_adapter_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON record of an adapter file, without loading its tensors."""
+    """The JSON record of an adapter file, validated, without loading its tensors."""
     return read_record(path, META_KEY, "adapter")
+
+
+def _predicted_shapes(method_name: str, base: LeNet5, config: FineTuneConfig) -> dict[str, list[int]] | None:
+    """The shapes the method would allocate, found on torch's ``meta`` device (no memory), or
+    None when the method cannot be built there."""
+    try:
+        with torch.device("meta"):
+            probe = create(method_name, base, config)
+        return {k: list(v.shape) for k, v in probe.trainable().items()}
+    except InstantFTError:
+        raise
+    except Exception:  # a method that needs real data at construction
+        return None
+
+
+def check_sizes(path: PathLike, record: dict[str, Any], base: LeNet5, config: FineTuneConfig) -> None:
+    """The sizes the record claims against the tensors in the file's header, before any
+    allocation: recorded shapes = header shapes = what the method would build."""
+    present = {k: shape for k, (_dtype, shape) in tensor_shapes(path, "adapter").items()}
+    if record["shapes"] != present:
+        raise InstantFTError(f"{path}: adapter record's shapes do not match the tensors in the file")
+    predicted = _predicted_shapes(record["method"], base, config)
+    if predicted is not None:
+        if predicted != present:
+            raise InstantFTError(
+                f"{path}: adapter tensors do not fit method {record['method']} with rank {config.rank} on this base "
+                "model (record and tensors disagree)"
+            )
+        return
+    values = sum(int(torch.Size(s).numel()) for s in present.values())
+    if config.rank > max(RANK_FLOOR, values):
+        raise InstantFTError(f"{path}: adapter claims rank {config.rank} but holds only {values} values")
+    for name, shape in present.items():
+        a_bad = name.endswith(".A") and shape[:1] != [config.rank]
+        if a_bad or (name.endswith(".B") and shape[-1:] != [config.rank]):
+            raise InstantFTError(f"{path}: adapter tensor {name} has shape {shape}, not rank {config.rank}")
 
 
 def load_adapter(path: str | os.PathLike[str], base: LeNet5) -> tuple[Method, dict[str, Any]]:
     """Rebuild the method on ``base`` (in the numerics it was trained in) and load its tensors."""
     record = read_adapter_record(path)
-    state = load_tensors(path)
+    method_name = record["method"]
     try:
-        method_name, config = record["method"], FineTuneConfig(**record["config"])
-    except (KeyError, TypeError) as exc:
-        raise InstantFTError(f"{path}: adapter metadata is malformed ({type(exc).__name__}: {exc})") from None
-    if record.get("base_fingerprint") != model_fingerprint(base):
+        config = FineTuneConfig(**record["config"])
+    except TypeError as exc:
+        raise InstantFTError(f"{path}: adapter metadata is malformed ({exc})") from None
+    if record["base_fingerprint"] != model_fingerprint(base):
         raise InstantFTError(f"{path}: adapter was trained on another base model (fingerprint mismatch)")
+    check_sizes(path, record, base, config)
+    state = load_tensors(path, "adapter")
+    if tensors_sha256(state) != record["tensors_sha256"]:
+        raise InstantFTError(f"{path}: adapter tensors do not match their recorded sha256 (file corrupt)")
     if record.get("numerics", "float") == "fixed":
         from instantft.fixedpoint import numerics_config
         from instantft.fixedpoint.trainer import fixed_point_method
 
-        fixed = numerics_config("fixed", **record.get("fixed", {}))
+        fixed = numerics_config("fixed", **(record.get("fixed") or {}))
         method: Method = fixed_point_method(method_name, base, config, fixed, "fixed")
     else:
         method = create(method_name, base, config)

@@ -1,0 +1,261 @@
+"""Schemas of every record instantft reads back: the JSON in a checkpoint's or an adapter's
+header, one run of a ``results.json``, and the device bundle manifest.
+
+A record is checked here before any of it is used: the JSON text is bounded in size and nesting
+before and while it is parsed, then validated with pydantic in strict mode - an int field refuses
+a bool, a float or a string, a float field refuses NaN and infinities, seeds are 0 <= seed < 2^63,
+sizes are >= 1 - and every problem becomes one line naming the file and the field
+(:class:`InstantFTError`). Sizes a record claims are then checked against the tensors actually
+present in the file before anything is allocated (:mod:`instantft.methods.adapter_io`).
+
+Unknown keys are allowed and kept (``extra="allow"``) so that a newer writer can add fields
+(e.g. a backbone name or a tap layout in adapters) without older readers refusing the file; the
+generic bounds (size, depth) still apply to them, and a field that a reader uses must be declared
+here to be used. Other modules (the device bundle) import :class:`Record`, the field types and
+:func:`validate` to declare their own schemas the same way.
+
+pydantic was chosen over msgspec and jsonschema: it is already a dependency of the stack we
+install, its strict mode gives exactly the int/bool/float distinctions JSON blurs, errors carry
+the path of the failing field, and schemas are ordinary typed Python classes that mypy checks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from instantft.errors import InstantFTError
+
+#: a JSON record larger than this is refused before it is parsed
+MAX_RECORD_BYTES = 1 << 20
+#: deepest nesting of objects/lists accepted in a record
+MAX_DEPTH = 16
+#: at most this many entries in any one list or object of a record
+MAX_ITEMS = 100_000
+
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+Count = Annotated[int, Field(ge=1, lt=2**63)]
+NonNegInt = Annotated[int, Field(ge=0, lt=2**63)]
+Dim = Annotated[int, Field(ge=0, lt=2**31)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Record(BaseModel):
+    """Base of every schema: strict types, unknown keys allowed and kept."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+class CheckpointRecord(Record):
+    """The record of a backbone checkpoint (models/checkpoint.py)."""
+
+    architecture: Name
+    weights_sha256: Sha256
+    package_version: Name | None = None
+    dataset: Name | None = None
+    train_split: Name | None = None
+    samples: Count | None = None
+    seed: Seed | None = None
+    epochs: Count | None = None
+    batch_size: Count | None = None
+    lr: PositiveFinite | None = None
+    test_accuracy: Fraction | None = None
+
+
+# --- adapters ---------------------------------------------------------------------------------
+class FineTuneConfigRecord(Record):
+    """FineTuneConfig as saved (its own __post_init__ checks the values' meaning again)."""
+
+    epochs: Count
+    batch_size: Count
+    lr: PositiveFinite
+    rank: Annotated[int, Field(ge=1, lt=2**31)]
+    scale: Finite
+    init: Name
+    init_std: PositiveFinite
+    seed: Seed
+    init_seed: Seed | None = None
+    drop_last: bool
+    cache_fill: Name
+    cache_max_bytes: NonNegInt | None = None
+    engine: Name
+
+
+class TaskRecord(Record):
+    """The task an adapter was fine-tuned on (what ``evaluate`` re-creates)."""
+
+    dataset: Name
+    angle: Finite | None = None
+    seed: Seed
+    samples: Count
+    eval_samples: Count | None = None
+
+
+class FixedRecord(Record):
+    """The fixed-point options of an adapter trained in the FPGA datapath's numerics."""
+
+    act_format: Name
+    param_format: Name
+    rounding: Name
+    softmax_table_size: Annotated[int, Field(ge=2, le=1 << 20)]
+    softmax_range: PositiveFinite
+
+
+class AdapterRecord(Record):
+    """The record of an adapter file (methods/adapter_io.py)."""
+
+    method: Name
+    config: FineTuneConfigRecord
+    shapes: dict[Name, Annotated[list[Dim], Field(max_length=8)]]
+    base_fingerprint: Sha256
+    tensors_sha256: Sha256
+    architecture: Name | None = None
+    task: TaskRecord | None = None
+    numerics: Literal["float", "fixed"] = "float"
+    fixed: FixedRecord | None = None
+
+
+# --- results files ----------------------------------------------------------------------------
+class RunRecord(Record):
+    """One fine-tuning run in ``reproduce``'s ``results.json`` (the fields its summaries use)."""
+
+    study: Name
+    dataset: Name
+    angle: Finite
+    method: Name
+    seed: Seed
+    variant: Name = "default"
+    samples: Count
+    eval_samples: Count
+    accuracy_before: Fraction
+    accuracy_after: Fraction
+    finetune_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    cache_bytes: NonNegInt
+    diverged: str | None = None
+    epoch_losses: list[Finite] = []
+
+
+class StudyRunRecord(Record):
+    """One run of the fixed-point study's ``fixedpoint_runs.json``."""
+
+    dataset: Name
+    seed: Seed
+    variant: Name
+    numerics: Literal["float", "fixed"]
+    accuracy_before: Fraction
+    accuracy_after: Fraction
+    saturating_tensors: list[Name] = []
+
+
+# --- device bundle ----------------------------------------------------------------------------
+class TensorEntry(Record):
+    """One tensor of a binary bundle: where its bytes are and what they hold."""
+
+    name: Name
+    dtype: Name
+    shape: Annotated[list[Dim], Field(max_length=8)]
+    offset: NonNegInt
+    nbytes: NonNegInt
+
+
+class BundleManifest(Record):
+    """The generic part of a device bundle manifest; the device module may subclass it."""
+
+    format: Name
+    version: Annotated[int, Field(ge=1, lt=2**31)]
+    tensors: list[TensorEntry] = []
+
+
+def check_tensor_entries(entries: list[TensorEntry], itemsize: dict[str, int], file_size: int, where: str) -> None:
+    """Each entry's bytes lie inside the file and agree with its shape and dtype: a manifest's
+    sizes checked against the bytes actually present, before anything is allocated."""
+    for e in entries:
+        if e.dtype not in itemsize:
+            raise InstantFTError(f"{where}: tensor {e.name}: unknown dtype {e.dtype!r}")
+        n = 1
+        for d in e.shape:
+            n *= d
+        if n * itemsize[e.dtype] != e.nbytes:
+            raise InstantFTError(f"{where}: tensor {e.name}: shape {e.shape} of {e.dtype} is not {e.nbytes} bytes")
+        if e.offset + e.nbytes > file_size:
+            raise InstantFTError(f"{where}: tensor {e.name}: bytes {e.offset}..{e.offset + e.nbytes} past the end of "
+                                 f"the {file_size}-byte file")
+
+
+# --- parsing and validation -------------------------------------------------------------------
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _check_shape(obj: Any, where: str) -> None:
+    """Nesting at most MAX_DEPTH and at most MAX_ITEMS per container (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        o, depth = stack.pop()
+        if isinstance(o, dict | list):
+            if depth > MAX_DEPTH:
+                raise InstantFTError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+            if len(o) > MAX_ITEMS:
+                raise InstantFTError(f"{where}: a list or object has {len(o)} entries (limit {MAX_ITEMS})")
+            stack.extend((v, depth + 1) for v in (o.values() if isinstance(o, dict) else o))
+
+
+def parse_json(text: str | bytes, where: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """Parse JSON text bounded in size and depth; ``NaN``/``Infinity`` literals are refused."""
+    if len(text) > max_bytes:
+        raise InstantFTError(f"{where}: {len(text)} bytes, larger than the {max_bytes}-byte limit")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InstantFTError(f"{where}: nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, NaN, an int of > 4300 digits
+        raise InstantFTError(f"{where}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    _check_shape(obj, where)
+    return obj
+
+
+def parse_json_object(text: str | bytes, where: str, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
+    obj = parse_json(text, where, max_bytes)
+    if not isinstance(obj, dict):
+        raise InstantFTError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+M = TypeVar("M", bound=Record)
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(record)"
+    got = repr(err.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"field {loc}: {err['msg']} (got {got}){more}"
+
+
+def validate(schema: type[M], data: Any, where: str) -> M:
+    """``data`` checked against ``schema``; the first problem is one line naming the field."""
+    if not isinstance(data, dict):
+        raise InstantFTError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise InstantFTError(f"{where}: {_describe(exc)}") from None
+
+
+def validate_list(schema: type[M], data: Any, where: str) -> list[M]:
+    """Every element of a JSON list checked against ``schema`` (a results file)."""
+    if not isinstance(data, list):
+        raise InstantFTError(f"{where}: expected a JSON list of runs, got {type(data).__name__}")
+    return [validate(schema, item, f"{where}: entry {i}") for i, item in enumerate(data)]
+
+
+#: the schema of each kind of tensor-file record (``fileio.read_record(kind=...)``)
+SCHEMAS: dict[str, type[Record]] = {"checkpoint": CheckpointRecord, "adapter": AdapterRecord}
