@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from instantft import engine, nf4
+from instantft.backbones import Backbone
 from instantft.cache import ForwardCache
 from instantft.data import ImageSet
 from instantft.engine.fill import compiled_rows_into, torch_rows_into
@@ -82,9 +83,9 @@ def test_fill_equals_trace(use_numba: bool, arch: str):
     expected = torch.cat([x.flatten(1) for x in xs[1:]] + [logits], 1)
     out = torch.empty_like(expected)
     if use_numba:
-        compiled_rows_into(model, images, out)
+        compiled_rows_into(Backbone(model), images, out)
     else:
-        torch_rows_into(model, images, out)
+        torch_rows_into(Backbone(model), images, out)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -181,7 +182,7 @@ def test_lazy_fill_and_skip_lora_use_the_reference_loop(backbone, data: ImageSet
 
 def test_engine_choice(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(InstantFTError, match="--engine"):
-        FineTuneConfig(engine="fast")  # type: ignore[arg-type]
+        create("skip2-lora", build("lenet5-mnist"), FineTuneConfig(engine="fast"))
     assert engine.resolve_engine("reference") == "reference"
     assert engine.resolve_engine("torch") == "torch"
     monkeypatch.setattr(engine, "numba_available", lambda: False)

@@ -1,16 +1,17 @@
 """Filling the Forward Cache fast: the frozen base forward of many samples, written straight into
-cache rows ``[x1 | x2 | x3 | x4 | f(x)]``, equal in value (float rounding aside) to
-:meth:`instantft.models.LeNet5.trace`.
+cache rows ``[cached taps | f(x)]``, equal in value (float rounding aside) to
+:meth:`instantft.backbones.Backbone.trace`.
 
-This is the largest single cost of a Skip2-LoRA run (0.85 of its 1.29 GFLOP). Two ways:
+This is the largest single cost of a Skip2-LoRA run (0.85 of its 1.29 GFLOP on LeNet-5). Two ways:
 
-- compiled (numba): the whole forward of one sample is one kernel call
+- compiled (numba), for backbones that have that capability (:func:`lenet_fast_path`: LeNet-5
+  with its paper taps): the whole forward of one sample is one kernel call
   (:func:`instantft.engine.kernels.fill_rows`), samples split over the torch thread count with
   plain threads. No torch op runs, so there is no OpenMP barrier for another process on the
   machine to stall (on this 2-core box one busy neighbour made each barrier of a batched torch
   forward cost milliseconds), and an NF4 row is encoded while it is still in L1;
-- torch (the fallback): a batched no-grad forward in passes of :data:`TORCH_CHUNK` samples,
-  with :func:`instantft.models.pool2x2` and each layer written into its slice of the rows.
+- torch (any backbone): a batched no-grad forward through the tap hooks in passes of
+  :data:`TORCH_CHUNK` samples, each tap written into its slice of the rows.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from instantft import nf4
+from instantft.backbones import Backbone
 from instantft.cache import ForwardCache
-from instantft.models import LeNet5, pool2x2
+from instantft.models import LeNet5
 
 #: samples per torch pass: the activations of a pass stay in L2 instead of streaming through memory
 TORCH_CHUNK = 256
@@ -62,9 +63,20 @@ def split_rows(n: int, work: Callable[[int, int], None]) -> None:
         f.result()
 
 
-def compiled_fill_supported(base: LeNet5) -> bool:
-    """The compiled forward handles 5×5 convs with an even number of output channels."""
-    return all(c.kernel_size == (5, 5) and c.out_channels % 2 == 0 for c in (base.conv1, base.conv2))
+#: the taps the compiled LeNet-5 forward writes (the paper's x0..x4)
+LENET_TAPS = ("conv1", "conv2", "fc1", "fc2", "fc3")
+
+
+def lenet_fast_path(backbone: Backbone) -> bool:
+    """Whether the compiled LeNet-5 forward can fill this backbone's cache: a LeNet5 tapped at
+    the inputs of its five layers, with 5×5 convs of an even number of output channels."""
+    model = backbone.model
+    if type(model) is not LeNet5:
+        return False
+    taps = [(t.name, t.point) for t in backbone.taps]
+    if taps != [(name, "input") for name in LENET_TAPS]:
+        return False
+    return all(c.kernel_size == (5, 5) and c.out_channels % 2 == 0 for c in (model.conv1, model.conv2))
 
 
 def _weights(base: LeNet5) -> list[np.ndarray]:
@@ -77,20 +89,24 @@ def _weights(base: LeNet5) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def compiled_rows_into(base: LeNet5, images: torch.Tensor, out: torch.Tensor) -> None:
+def compiled_rows_into(backbone: Backbone, images: torch.Tensor, out: torch.Tensor) -> None:
     """The cache rows of ``images`` (N, C, H, W) into ``out`` (N, width) float32, compiled."""
     from instantft.engine.kernels import fill_rows
 
+    base = backbone.model
+    assert isinstance(base, LeNet5)
     x, rows, w, pad = images.contiguous().numpy(), out.numpy(), _weights(base), base.conv1.padding[0]
     split_rows(len(x), lambda a, b: fill_rows(x[a:b], pad, *w, rows[a:b]))  # type: ignore[call-arg]
 
 
 @torch.no_grad()
-def compiled_fill(base: LeNet5, images: torch.Tensor, cache: ForwardCache, start: int) -> None:
+def compiled_fill(backbone: Backbone, images: torch.Tensor, cache: ForwardCache, start: int) -> None:
     """The cache rows of ``images`` straight into ``cache`` storage slots ``start..``: fp32 rows,
     or NF4 codes encoded row by row (bit-identical to :func:`instantft.nf4.quantize`)."""
     from instantft.engine.kernels import fill_rows, fill_rows_nf4
 
+    base = backbone.model
+    assert isinstance(base, LeNet5)
     n = len(images)
     x, w, pad = images.contiguous().numpy(), _weights(base), base.conv1.padding[0]
     if cache.storage == "fp32":
@@ -106,21 +122,18 @@ def compiled_fill(base: LeNet5, images: torch.Tensor, cache: ForwardCache, start
 
 @torch.no_grad()
 def torch_rows_into(
-    base: LeNet5, images: torch.Tensor, out: torch.Tensor, ready: Callable[[int, int], None] | None = None
+    backbone: Backbone, images: torch.Tensor, out: torch.Tensor, ready: Callable[[int, int], None] | None = None
 ) -> None:
-    """The cache rows of ``images`` into ``out`` with torch ops, calling ``ready(lo, hi)`` after
-    each pass has finished rows lo..hi-1."""
-    sizes = [*base.layer_input_sizes()[1:], base.config.num_classes]
-    bounds = np.cumsum([0, *sizes]).tolist()
+    """The cache rows of ``images`` into ``out`` with torch ops (any backbone), calling
+    ``ready(lo, hi)`` after each pass has finished rows lo..hi-1."""
+    cached = [k for k, t in enumerate(backbone.taps) if not t.is_model_input]
+    bounds = np.cumsum([0, *backbone.cache_sizes]).tolist()
     if out.shape != (len(images), bounds[-1]):
         raise ValueError(f"out must be ({len(images)}, {bounds[-1]}), got {tuple(out.shape)}")
     for lo in range(0, len(images), TORCH_CHUNK):
         rows = out[lo : lo + TORCH_CHUNK]
-        x1 = pool2x2(F.relu_(base.conv1(images[lo : lo + len(rows)])))
-        x2 = pool2x2(F.relu_(base.conv2(x1))).flatten(1)
-        x3 = F.relu_(base.fc1(x2))
-        x4 = F.relu_(base.fc2(x3))
-        for t, a, b in ((x1.flatten(1), 0, 1), (x2, 1, 2), (x3, 2, 3), (x4, 3, 4), (base.fc3(x4), 4, 5)):
-            rows[:, bounds[a] : bounds[b]] = t
+        xs, logits = backbone.trace(images[lo : lo + len(rows)])
+        for j, t in enumerate([*(xs[k] for k in cached), logits]):
+            rows[:, bounds[j] : bounds[j + 1]] = t
         if ready is not None:
             ready(lo, lo + len(rows))

@@ -1,6 +1,9 @@
 """The fast ``fit`` of Skip2-LoRA and InstantFT: fill the cache, then run every epoch in one
 call of a compiled loop (or the pure-torch loop), training the same adapters as
 :meth:`instantft.methods.skip_lora._SkipMethod.reference_fit` step for step.
+
+It works on any backbone: the tap layout (:class:`~instantft.engine.layout.Layout`) says which
+adapter reads the data row and which a slice of the cache row.
 """
 
 from __future__ import annotations
@@ -8,26 +11,24 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from instantft import nf4
-from instantft.cache import CacheSource, ForwardCache
+from instantft.adapters import SkipAdapters
+from instantft.backbones import Backbone
+from instantft.cache import CacheSource, ForwardCache, Storage
 from instantft.data import ImageSet
-from instantft.engine.fill import compiled_fill, compiled_fill_supported, compiled_rows_into, torch_rows_into
+from instantft.engine.fill import compiled_fill, compiled_rows_into, lenet_fast_path, torch_rows_into
 from instantft.engine.layout import Layout
 from instantft.engine.store import FastForwardCache, Ready
 from instantft.errors import InstantFTError
-from instantft.methods.base import FineTuneConfig, FitResult, check_loss, schedule
-
-if TYPE_CHECKING:
-    from instantft.methods.skip_lora import _SkipMethod
+from instantft.training import FineTuneConfig, FitResult, LossMonitor, schedule
 
 
 class Schedule:
-    """The whole run's batches as flat arrays (from :func:`instantft.methods.base.schedule`, so
+    """The whole run's batches as flat arrays (from :func:`instantft.training.schedule`, so
     the order is the reference's): step s trains on rows ``order[offsets[s]:offsets[s+1]]``."""
 
     def __init__(self, n: int, config: FineTuneConfig) -> None:
@@ -49,77 +50,84 @@ class Schedule:
         return [float(np.mean(losses[a:b])) for a, b in self.epoch_ranges()]
 
 
-def fill_cache(method: _SkipMethod, data: ImageSet, use_numba: bool) -> ForwardCache:
-    """Create (first fit) or reuse the method's cache, bind it, and run the base forward for the
-    samples it does not hold yet, straight into storage."""
-    if method.cache is None:
-        method.cache = FastForwardCache(
-            [*method.in_sizes[1:], method.num_classes],
-            len(data),
-            method.cache_storage or "fp32",
-            method.config.cache_max_bytes,
-            use_numba=use_numba,
-        )
-    cache = method.cache
-    cache.bind(CacheSource(method.base_fingerprint, data.fingerprint))
+def fast_cache(sizes: list[int], capacity: int, storage: Storage | None, max_bytes: int | None, backend: str
+               ) -> ForwardCache:  # fmt: skip
+    """An empty Forward Cache that the engine fills in place."""
+    return FastForwardCache(sizes, capacity, storage or "fp32", max_bytes, use_numba=backend == "numba")
+
+
+def fill_cache(
+    backbone: Backbone, cache: ForwardCache, source: CacheSource, data: ImageSet, use_numba: bool
+) -> ForwardCache:
+    """Bind the cache to (backbone, data) and run the base forward for the samples it does not
+    hold yet, straight into storage."""
+    cache.bind(source)
     todo = torch.nonzero(~cache.contains(data.indices)).flatten()
     if not len(todo):
         return cache
     rows = slice(None) if len(todo) == len(data) else todo
     images, keys = data.images[rows], data.indices[rows]
-    base, compiled = method.base, use_numba and compiled_fill_supported(method.base)
+    compiled = use_numba and lenet_fast_path(backbone)
     if isinstance(cache, FastForwardCache) and compiled:
-        cache.fill_slots(keys, lambda start: compiled_fill(base, images, cache, start))
+        cache.fill_slots(keys, lambda start: compiled_fill(backbone, images, cache, start))
     elif isinstance(cache, FastForwardCache):
 
         def write(dst: torch.Tensor, ready: Ready) -> None:
-            torch_rows_into(base, images, dst, ready)
+            torch_rows_into(backbone, images, dst, ready)
 
         cache.fill(keys, write)
     else:  # a cache the reference loop made: its own put
         out = torch.empty(len(keys), cache.width)
         if compiled:
-            compiled_rows_into(base, images, out)
+            compiled_rows_into(backbone, images, out)
         else:
-            torch_rows_into(base, images, out)
+            torch_rows_into(backbone, images, out)
         cache.put(keys, out)
     return cache
 
 
 def fast_fit(
-    method: _SkipMethod, data: ImageSet, on_step: Callable[[int, int], None] | None, backend: str
+    backbone: Backbone,
+    adapters: SkipAdapters,
+    cache: ForwardCache,
+    source: CacheSource,
+    data: ImageSet,
+    config: FineTuneConfig,
+    on_step: Callable[[int, int], None] | None,
+    backend: str,
 ) -> FitResult:
-    """Fine-tune ``method`` (a cached skip method) with the ``numba`` or ``torch`` backend.
+    """Fine-tune ``adapters`` on ``data`` through ``cache`` with the ``numba`` or ``torch`` backend.
 
     With ``on_step`` the loop runs one epoch per call and reports that epoch's steps when it
-    ends (a compiled loop cannot call back into Python cheaply).
+    ends (a compiled loop cannot call back into Python cheaply). Divergence (a non-finite or
+    exploding loss, non-finite adapters after the last update) raises before anything is kept.
     """
-    config = method.config
     result = FitResult()
     start = time.perf_counter()
     use_numba = backend == "numba"
-    cache = fill_cache(method, data, use_numba)
+    fill_cache(backbone, cache, source, data, use_numba)
     slot_of = cache.slots(data.indices)
     if bool((slot_of < 0).any()):
         raise InstantFTError("forward cache is missing samples after the fill")
     plan = Schedule(len(data), config)
-    layout = Layout.for_adapters(method.in_sizes, method.num_classes, config.rank)
-    A, B = layout.pack(method.adapters.A, method.adapters.B)
+    layout = Layout.for_backbone(backbone, config.rank)
+    A, B = layout.pack(adapters.A, adapters.B)
     images = data.images.reshape(len(data), -1).contiguous()
     losses = np.full(len(plan), np.nan)
     run = _numba_runner if use_numba else _torch_runner
     train = run(cache, layout, images, data.labels, slot_of, plan, A, B, config, losses)
     ranges = plan.epoch_ranges() if on_step else [(0, len(plan))]
+    monitor = LossMonitor()
     for first, last in ranges:
         done = train(first, last)
-        if done < last - first:
-            bad = first + done - 1
-            layout.unpack(A, B, method.adapters.A, method.adapters.B)
-            check_loss(float(losses[bad]), plan.epoch[bad], plan.step[bad])
+        # a loop stops early only at a non-finite loss, which this raises on
+        monitor.check_all(losses[first : first + done], plan.epoch[first : first + done],
+                          plan.step[first : first + done])  # fmt: skip
         if on_step:
             for s in range(first, last):
                 on_step(plan.epoch[s], plan.step[s])
-    layout.unpack(A, B, method.adapters.A, method.adapters.B)
+    monitor.check_tensors({"the packed adapters A": A, "the packed adapters B": B})
+    layout.unpack(A, B, adapters.A, adapters.B)
     result.steps = len(plan)
     result.epoch_losses = plan.epoch_losses(losses)
     result.seconds = time.perf_counter() - start

@@ -1,9 +1,12 @@
-"""How the five skip adapters are packed for the fast loops.
+"""How the skip adapters are packed for the fast loops.
 
 All A_k sit side by side in one matrix ``A`` (R × Σ d_k) and all B_k in one (C, K, R) array, so
 a step is a handful of loops (or matmuls) over contiguous memory. The rank is padded to a
 multiple of 4 with zero rows of A and zero columns of B: those give h = 0, so their gradients are
 exactly zero and they stay zero, while the compiled micro-kernels always see 4 ranks.
+
+Each adapter reads its input either from the data row (a tap that is the model input, such as
+LeNet-5's x0) or from a slice of the Forward Cache row ``[cached taps | f(x)]``.
 """
 
 from __future__ import annotations
@@ -14,36 +17,47 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from instantft.backbones import Backbone
+
 #: where a segment's input comes from (the ``source`` column of :meth:`Layout.segments`)
 SRC_IMAGE, SRC_CACHE = 0, 1
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each adapter k reads x_{k-1} (the image or a slice of the cache row) and which
+    """Where each adapter k reads x_k (the data row or a slice of the cache row) and which
     columns of the packed A it owns."""
 
-    sizes: tuple[int, ...]  # d_0..d_{K-1}: flattened inputs of layers 1..K
+    sizes: tuple[int, ...]  # d_1..d_K: flattened taps
+    from_image: tuple[bool, ...]  # tap k is the model input itself
+    d_image: int  # flattened model input (the data row)
     num_classes: int
     rank: int  # the adapters' rank
     padded_rank: int  # rank rounded up to a multiple of 4
 
     @classmethod
-    def for_adapters(cls, sizes: list[int], num_classes: int, rank: int) -> Layout:
-        return cls(tuple(sizes), num_classes, rank, -(-rank // 4) * 4)
+    def for_adapters(
+        cls, sizes: list[int], num_classes: int, rank: int, from_image: list[bool] | None = None,
+        d_image: int | None = None,
+    ) -> Layout:  # fmt: skip
+        """Default (LeNet-5's): tap 0 is the image, the others are cached."""
+        flags = tuple(from_image) if from_image is not None else (True, *([False] * (len(sizes) - 1)))
+        return cls(tuple(sizes), flags, sizes[0] if d_image is None else d_image, num_classes, rank, -(-rank // 4) * 4)
 
-    @property
-    def d_image(self) -> int:
-        return self.sizes[0]
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, rank: int) -> Layout:
+        return cls.for_adapters(
+            backbone.sizes, backbone.num_classes, rank, [t.is_model_input for t in backbone.taps], backbone.input_size
+        )
 
     @property
     def cache_width(self) -> int:
-        """[x1 | ... | x_{K-1} | f(x)]: the Forward Cache row."""
-        return sum(self.sizes[1:]) + self.num_classes
+        """[cached taps | f(x)]: the Forward Cache row."""
+        return self.logit_offset + self.num_classes
 
     @property
     def logit_offset(self) -> int:
-        return sum(self.sizes[1:])
+        return sum(d for d, img in zip(self.sizes, self.from_image, strict=True) if not img)
 
     @property
     def total_inputs(self) -> int:
@@ -57,11 +71,14 @@ class Layout:
     @property
     def sources(self) -> list[tuple[str, int, int]]:
         """(source, offset in the source row, length) of each adapter's input."""
-        out = [("image", 0, self.sizes[0])]
+        out = []
         off = 0
-        for d in self.sizes[1:]:
-            out.append(("cache", off, d))
-            off += d
+        for d, img in zip(self.sizes, self.from_image, strict=True):
+            if img:
+                out.append(("image", 0, d))
+            else:
+                out.append(("cache", off, d))
+                off += d
         return out
 
     def segments(self) -> np.ndarray:
@@ -72,7 +89,7 @@ class Layout:
                 for (src, off, n), col in zip(self.sources, self.columns, strict=True)
             ],
             dtype=np.int64,
-        )
+        ).reshape(-1, 4)
 
     def pack(self, A: list[torch.Tensor], B: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The adapters' tensors copied into a packed A (R', D) and B (C, K, R'), R' the padded rank."""

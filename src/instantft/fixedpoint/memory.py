@@ -16,7 +16,7 @@ from typing import Any
 
 from instantft.fixedpoint.formats import FixedPointConfig
 from instantft.fixedpoint.nf4_codec import entry_bits
-from instantft.models import ARCHITECTURES, build
+from instantft.models import build
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def memory_estimate(
 ) -> dict[str, Any]:
     """Bits and bytes per on-chip buffer, and the total, for ``config``'s formats."""
     model = build(arch)
-    classes = ARCHITECTURES[arch].num_classes
+    classes = model.config.num_classes
     ins = model.layer_input_sizes()
     act, par = config.act.bits, config.param.bits
     frozen = sum(p.numel() for p in model.parameters())

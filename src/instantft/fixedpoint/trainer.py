@@ -24,7 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from instantft.adapters import SkipAdapters
+from instantft.backbones import Backbone
 from instantft.data import ImageSet
 from instantft.errors import InstantFTError
 from instantft.fixedpoint.formats import NUMERICS, FixedPointConfig
@@ -34,7 +37,6 @@ from instantft.fixedpoint.nf4_codec import decode, encode, entry_bits
 from instantft.fixedpoint.ops import Counters, add, divide, matmul, mul, quantize, to_float
 from instantft.fixedpoint.softmax import SoftmaxTables, build_tables, softmax
 from instantft.methods.base import FineTuneConfig, FitResult, Method, schedule
-from instantft.methods.skip_lora import SkipAdapters
 from instantft.models import LeNet5
 
 CHUNK = 256  # samples per integer forward (bounds the im2col buffer)
@@ -115,8 +117,15 @@ class FixedPointInstantFT(Method):
     name = "instantft"
     description = "InstantFT in the FPGA core's fixed-point arithmetic (integer emulation)"
 
-    def __init__(self, base: LeNet5, config: FineTuneConfig, fixed: FixedPointConfig | None = None) -> None:
+    def __init__(
+        self, base: Backbone | nn.Module, config: FineTuneConfig, fixed: FixedPointConfig | None = None
+    ) -> None:
         super().__init__(base, config)
+        if not isinstance(self.base, LeNet5):
+            raise InstantFTError(
+                "--numerics fixed emulates the FPGA core's LeNet-5 datapath; "
+                f"the backbone is {type(self.base).__name__}"
+            )
         self.fixed = fixed or FixedPointConfig()
         self.counters = Counters()  # setup, cache fill and every training step
         self.eval_counters = Counters()  # every evaluation forward
@@ -205,7 +214,11 @@ class FixedPointInstantFT(Method):
 
 
 def fixed_point_method(
-    method: str, base: LeNet5, config: FineTuneConfig, fixed: FixedPointConfig | None = None, numerics: str = "fixed"
+    method: str,
+    base: Backbone | nn.Module,
+    config: FineTuneConfig,
+    fixed: FixedPointConfig | None = None,
+    numerics: str = "fixed",
 ) -> FixedPointInstantFT:
     """The method for ``--numerics fixed``: only InstantFT has an integer datapath."""
     if numerics not in NUMERICS:

@@ -1,28 +1,42 @@
-"""Fine-tuning the backbone's own weights: FT-All, FT-Last, FT-Bias (paper §2), and ``none``."""
+"""Fine-tuning the backbone's own weights: FT-All, FT-Last, FT-Bias (paper §2), and ``none``.
+
+Which parameters each trains is decided on the model itself, for any backbone: FT-Last trains the
+last ``Linear`` the forward runs (or ``config.last_layer``), FT-Bias every parameter named
+``*.bias`` (BatchNorm's shift included). A method with nothing to train on the model given is an
+error at construction, never a silent no-op.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
 
+from instantft.backbones import Backbone, TapSpec
 from instantft.data import ImageSet
+from instantft.errors import InstantFTError
 from instantft.methods.base import AutogradMethod, FineTuneConfig, FitResult, register
-from instantft.models import LeNet5
 
 
 class _WeightsMethod(AutogradMethod):
-    """Unfreeze the parameters whose names ``select`` accepts."""
+    """Unfreeze the parameters whose names :meth:`select` accepts."""
 
-    @staticmethod
-    def select(name: str) -> bool:
+    def select(self, name: str) -> bool:
         raise NotImplementedError
 
-    def __init__(self, base: LeNet5, config: FineTuneConfig) -> None:
-        super().__init__(base, config)
+    def __init__(
+        self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
+    ) -> None:
+        super().__init__(base, config, taps, example)
         self.model = self.base
         for name, p in self.model.named_parameters():
             p.requires_grad_(self.select(name))
+        if self.name != "none" and not self.trainable():
+            raise InstantFTError(f"{self.name}: {type(self.model).__name__} has no {self.what}")
+
+    what = "parameters"
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if self.select(n)}
@@ -33,8 +47,7 @@ class NoFineTuning(_WeightsMethod):
     name = "none"
     description = "the pre-trained backbone, unchanged"
 
-    @staticmethod
-    def select(name: str) -> bool:
+    def select(self, name: str) -> bool:
         return False
 
     def fit(self, data: ImageSet, on_step: Callable[[int, int], None] | None = None) -> FitResult:
@@ -46,26 +59,38 @@ class FTAll(_WeightsMethod):
     name = "ft-all"
     description = "every weight and bias"
 
-    @staticmethod
-    def select(name: str) -> bool:
+    def select(self, name: str) -> bool:
         return True
 
 
 @register
 class FTLast(_WeightsMethod):
     name = "ft-last"
-    description = "the last layer's weight and bias"
+    description = "the last Linear layer's weight and bias"
+    what = "Linear layer to fine-tune (name one with last_layer)"
 
-    @staticmethod
-    def select(name: str) -> bool:
-        return name.startswith("fc3.")
+    def __init__(
+        self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
+    ) -> None:
+        self.last = config.last_layer
+        super().__init__(base, config, taps, example)
+
+    def select(self, name: str) -> bool:
+        if self.last is None:
+            linears = [layer.name for layer in self.backbone.layers if layer.kind == "Linear"]
+            if not linears:
+                return False
+            self.last = linears[-1]
+        if self.last not in dict(self.backbone.model.named_modules()):
+            raise InstantFTError(f"ft-last: the model has no module named {self.last!r}")
+        return name.startswith(self.last + ".")
 
 
 @register
 class FTBias(_WeightsMethod):
     name = "ft-bias"
     description = "every bias"
+    what = "bias parameters"
 
-    @staticmethod
-    def select(name: str) -> bool:
+    def select(self, name: str) -> bool:
         return name.endswith(".bias")

@@ -1,51 +1,44 @@
-"""LoRA-All and LoRA-Last (paper §2): a low-rank update ΔW = B·A on a frozen layer.
+"""LoRA-All and LoRA-Last (paper §2): a dense low-rank update (:class:`instantft.adapters.LoRALayer`)
+on frozen layers, trained with autograd through the whole network.
 
-    y = W x + b + scale · B (A x)        A: r × d_in (Gaussian), B: d_out × r (zero)
-
-B = 0 makes the adapter a no-op at step 0. For a conv layer the adapter is a dense map from the
-flattened layer input to the flattened pre-pool conv output; that is what gives the paper's
-parameter counts (conv1: r·(784 + 4704)). Gradients flow back through the whole network.
+LoRA-All adapts the module of every tap that is a ``Conv2d`` or ``Linear`` (with ``taps="auto"``:
+every such module the forward runs, shared-input shortcuts aside); LoRA-Last the last ``Linear``
+the forward runs (or ``config.last_layer``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from instantft.methods.base import AutogradMethod, FineTuneConfig, init_lora_a, register
-from instantft.models import LeNet5
-
-
-class LoRALayer(nn.Module):
-    """Wrap a frozen ``nn.Linear`` or ``nn.Conv2d`` with a dense low-rank update."""
-
-    def __init__(self, layer: nn.Module, d_in: int, d_out: int, config: FineTuneConfig, gen: torch.Generator) -> None:
-        super().__init__()
-        self.layer = layer
-        self.scale = config.scale
-        self.A = nn.Parameter(torch.empty(config.rank, d_in))
-        self.B = nn.Parameter(torch.zeros(d_out, config.rank))
-        init_lora_a(self.A, config, gen)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layer(x)
-        delta = (x.flatten(1) @ self.A.t()) @ self.B.t()
-        return y + self.scale * delta.view_as(y)
+from instantft.adapters import LoRALayer
+from instantft.backbones import Backbone, Layer, TapSpec
+from instantft.errors import InstantFTError
+from instantft.methods.base import AutogradMethod, FineTuneConfig, register
 
 
 class _LoRAMethod(AutogradMethod):
-    #: indices (0-based) of the layers that get an adapter
-    adapted: tuple[int, ...]
+    def adapted(self) -> list[Layer]:
+        """The layers that get an adapter, in forward order."""
+        raise NotImplementedError
 
-    def __init__(self, base: LeNet5, config: FineTuneConfig) -> None:
-        super().__init__(base, config)
+    def __init__(
+        self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
+    ) -> None:
+        super().__init__(base, config, taps, example)
         gen = torch.Generator().manual_seed(config.adapter_seed)
         self.model = self.base
-        names = ["conv1", "conv2", "fc1", "fc2", "fc3"]
-        d_in, d_out = self.model.layer_input_sizes(), self.model.layer_output_sizes()
-        for k in self.adapted:
-            layer = getattr(self.model, names[k])
-            setattr(self.model, names[k], LoRALayer(layer, d_in[k], d_out[k], config, gen))
+        layers = self.adapted()
+        if not layers:
+            model = type(self.model).__name__
+            raise InstantFTError(f"{self.name}: {model} has no tapped Conv2d or Linear layer to adapt")
+        for layer in layers:
+            parent_name, _, child = layer.name.rpartition(".")
+            parent = self.model.get_submodule(parent_name)
+            wrapped = LoRALayer(getattr(parent, child), layer.in_size, layer.out_size, config, gen)
+            setattr(parent, child, wrapped)
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -54,12 +47,24 @@ class _LoRAMethod(AutogradMethod):
 @register
 class LoRAAll(_LoRAMethod):
     name = "lora-all"
-    description = "a LoRA adapter on every layer, backprop through the network"
-    adapted = (0, 1, 2, 3, 4)
+    description = "a LoRA adapter on every tapped layer, backprop through the network"
+
+    def adapted(self) -> list[Layer]:
+        by_name = {layer.name: layer for layer in self.backbone.layers}
+        return [by_name[t.name] for t in self.backbone.taps if t.point == "input" and t.name in by_name]
 
 
 @register
 class LoRALast(_LoRAMethod):
     name = "lora-last"
-    description = "LoRA on the last layer only"
-    adapted = (4,)
+    description = "LoRA on the last Linear layer only"
+
+    def adapted(self) -> list[Layer]:
+        wanted = self.config.last_layer
+        if wanted is not None:
+            chosen = [layer for layer in self.backbone.layers if layer.name == wanted]
+            if not chosen:
+                raise InstantFTError(f"lora-last: no Conv2d or Linear module named {wanted!r} runs in the forward")
+            return chosen
+        linears = [layer for layer in self.backbone.layers if layer.kind == "Linear"]
+        return linears[-1:]

@@ -1,4 +1,4 @@
-"""The LeNet-5 backbones and their checkpoints."""
+"""The in-tree backbones (LeNet-5, MLP, ResNet-8), their registry and their checkpoints."""
 
 from instantft.models.checkpoint import (
     bundled_checkpoint,
@@ -7,23 +7,24 @@ from instantft.models.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from instantft.models.lenet import (
-    ARCH_FOR_DATASET,
-    ARCHITECTURES,
-    LeNet5,
-    LeNetConfig,
-    accuracy,
-    build,
-    pool2x2,
-    predict,
-)
+from instantft.models.lenet import LENET_CONFIGS, LeNet5, LeNetConfig, accuracy, pool2x2, predict
+from instantft.models.mlp import MLP, MLPConfig
+from instantft.models.resnet import ResNet8, ResNetConfig
+from instantft.models.zoo import ARCH_FOR_DATASET, ARCHITECTURES, FAMILIES, arch_for, build
 
 __all__ = [
     "ARCHITECTURES",
     "ARCH_FOR_DATASET",
+    "FAMILIES",
+    "LENET_CONFIGS",
+    "MLP",
     "LeNet5",
     "LeNetConfig",
+    "MLPConfig",
+    "ResNet8",
+    "ResNetConfig",
     "accuracy",
+    "arch_for",
     "build",
     "bundled_checkpoint",
     "load_checkpoint",

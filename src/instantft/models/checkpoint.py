@@ -13,7 +13,9 @@ import torch
 
 from instantft.errors import InstantFTError
 from instantft.fileio import load_tensors, read_record, save_with_record
-from instantft.models.lenet import ARCHITECTURES, LeNet5, build
+from torch import nn
+
+from instantft.models.zoo import ARCHITECTURES, build, bundled_name
 
 META_KEY = "instantft"
 BUNDLED_WEIGHTS = Path(__file__).parent / "weights"
@@ -34,12 +36,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return weights_sha256(model.state_dict())
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: LeNet5, meta: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Save an in-tree model (its ``config.name`` is the architecture recorded)."""
     from instantft import __version__
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     record = {
-        "architecture": model.config.name,
+        "architecture": model.config.name,  # type: ignore[union-attr]
         **meta,
         "package_version": __version__,
         "weights_sha256": weights_sha256(state),
@@ -52,7 +55,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_record(path, META_KEY, "checkpoint")
 
 
-def load_checkpoint(path: str | os.PathLike[str], expect_arch: str | None = None) -> tuple[LeNet5, dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike[str], expect_arch: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a backbone; a corrupt file, a hash mismatch or another architecture is an error."""
     path = Path(path)
     meta = read_metadata(path)
@@ -74,9 +79,9 @@ def load_checkpoint(path: str | os.PathLike[str], expect_arch: str | None = None
     return model, meta
 
 
-def bundled_checkpoint(dataset: str) -> Path:
-    """The checkpoint shipped with the package for ``mnist`` or ``fmnist``."""
-    path = BUNDLED_WEIGHTS / f"lenet5-{dataset}.safetensors"
+def bundled_checkpoint(dataset: str, family: str = "lenet5") -> Path:
+    """The checkpoint of ``family`` (lenet5, mlp, resnet8) shipped pre-trained on ``mnist`` or ``fmnist``."""
+    path = BUNDLED_WEIGHTS / bundled_name(family, dataset)
     if not path.is_file():
         raise InstantFTError(
             f"no bundled checkpoint for {dataset!r} ({path.name}); run `instantft pretrain --dataset {dataset}` "

@@ -31,7 +31,7 @@ class LeNetConfig:
         return asdict(self)
 
 
-ARCHITECTURES: dict[str, LeNetConfig] = {
+LENET_CONFIGS: dict[str, LeNetConfig] = {
     "lenet5-mnist": LeNetConfig("lenet5-mnist", in_channels=1, image_size=28, conv1_padding=2),
     "lenet5-svhn": LeNetConfig("lenet5-svhn", in_channels=3, image_size=32, conv1_padding=0),
 }
@@ -60,6 +60,10 @@ class LeNet5(nn.Module):
         self.fc1 = nn.Linear(400, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, config.num_classes)
+
+    @property
+    def arch(self) -> str:
+        return self.config.name
 
     @property
     def layers(self) -> list[nn.Module]:
@@ -94,14 +98,6 @@ class LeNet5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trace(x)[1]
-
-
-def build(arch: str) -> LeNet5:
-    from instantft.errors import InstantFTError
-
-    if arch not in ARCHITECTURES:
-        raise InstantFTError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
-    return LeNet5(ARCHITECTURES[arch])
 
 
 @torch.no_grad()

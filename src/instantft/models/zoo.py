@@ -1,0 +1,49 @@
+"""The in-tree architectures by name (a checkpoint records one of these names), and where the
+bundled pre-trained weights of each live."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from instantft.errors import InstantFTError
+from instantft.models.lenet import LENET_CONFIGS, LeNet5
+from instantft.models.mlp import MLP, MLPConfig
+from instantft.models.resnet import ResNet8, ResNetConfig
+
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
+    "lenet5-mnist": lambda: LeNet5(LENET_CONFIGS["lenet5-mnist"]),
+    "lenet5-svhn": lambda: LeNet5(LENET_CONFIGS["lenet5-svhn"]),
+    "mlp-mnist": lambda: MLP(MLPConfig("mlp-mnist", in_shape=(1, 28, 28), hidden=(128, 64))),
+    "resnet8-mnist": lambda: ResNet8(ResNetConfig("resnet8-mnist", in_channels=1, widths=(8, 16, 32))),
+}
+
+#: the architecture a base dataset's backbone has, by family (``lenet5`` is the paper's)
+FAMILIES: dict[str, dict[str, str]] = {
+    "lenet5": {"mnist": "lenet5-mnist", "fmnist": "lenet5-mnist", "svhn": "lenet5-svhn"},
+    "mlp": {"mnist": "mlp-mnist", "fmnist": "mlp-mnist"},
+    "resnet8": {"mnist": "resnet8-mnist", "fmnist": "resnet8-mnist"},
+}
+ARCH_FOR_DATASET = FAMILIES["lenet5"]
+
+
+def build(arch: str) -> nn.Module:
+    """A freshly initialised in-tree model (PyTorch's default init)."""
+    if arch not in ARCHITECTURES:
+        raise InstantFTError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]()
+
+
+def arch_for(family: str, dataset: str) -> str:
+    """The architecture of ``family`` for a base dataset (mnist, fmnist, svhn)."""
+    if family not in FAMILIES:
+        raise InstantFTError(f"unknown backbone family {family!r}; valid: {', '.join(FAMILIES)}")
+    if dataset not in FAMILIES[family]:
+        raise InstantFTError(f"no {family} backbone for {dataset!r}; valid: {', '.join(FAMILIES[family])}")
+    return FAMILIES[family][dataset]
+
+
+def bundled_name(family: str, dataset: str) -> str:
+    """File name of the bundled checkpoint of ``family`` pre-trained on ``dataset``."""
+    return f"{family}-{dataset}.safetensors"
