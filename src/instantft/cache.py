@@ -164,3 +164,38 @@ class ForwardCache:
     def split(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """Cut rows into the cached tensors [x1, x2, x3, x4, logits] (views)."""
         return list(torch.split(rows, self.sizes, dim=1))
+
+    # --- eviction (bounded caches, instantft.stream) -----------------------------------------
+    def keys(self) -> torch.Tensor:
+        """The keys held, in slot order."""
+        present = torch.nonzero(self._slot_of >= 0).flatten()
+        return present[torch.argsort(self._slot_of[present])]
+
+    def evict(self, keys: torch.Tensor) -> int:
+        """Drop the rows of ``keys`` (absent keys are ignored); returns how many were dropped.
+
+        The freed slots are reused by compaction: the last live rows move into them, so storage
+        stays dense (slots 0..len-1) and :meth:`put` and the engine's in-place fills keep
+        appending at ``len(self)``. An evicted key that is put again is computed again."""
+        keys = torch.unique(keys)
+        slots = self.slots(keys)
+        keys, slots = keys[slots >= 0], slots[slots >= 0]
+        if not len(keys):
+            return 0
+        key_of = torch.full((self._count,), -1, dtype=torch.long)
+        held = self.keys()
+        key_of[self._slot_of[held]] = held
+        self._slot_of[keys] = -1
+        key_of[slots] = -1
+        left = self._count - len(keys)
+        holes = slots[slots < left].sort().values
+        movers = torch.nonzero(key_of[left:] >= 0).flatten() + left
+        if len(holes):
+            if self.storage == "fp32":
+                self.rows[holes] = self.rows[movers]
+            else:
+                self.codes[holes] = self.codes[movers]
+                self.absmax[holes] = self.absmax[movers]
+            self._slot_of[key_of[movers]] = holes
+        self._count = left
+        return len(keys)

@@ -1,0 +1,177 @@
+"""A labelled, drifting stream over a dataset, with a stable id for every sample.
+
+A stream is drawn once, up front and seeded: phase by phase, each arrival is a source image
+picked uniformly (with replacement) from the stream pool, transformed by the phase's transform
+at that point. A sample is the pair (source image, transform key); it gets an integer id the
+first time it appears and keeps it: when the same image comes back under the same transform
+(a recurring phase, or a repeat draw), it has the same id and the same pixels (corruptions are
+seeded per sample), so the Forward Cache can key on it.
+
+A held-out set of source images (disjoint from the pool) measures the accuracy on any
+distribution of the schedule, and on the original one (forgetting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from instantft.data import ImageSet
+from instantft.data.datasets import load_split, rotate
+from instantft.errors import InstantFTError
+from instantft.stream.corruptions import CORRUPTIONS
+from instantft.stream.schedule import Phase, parse_schedule
+
+STREAM_DATASETS = ("rotmnist", "rotfmnist")
+
+
+def apply_transform(key: str, images: torch.Tensor, sources: torch.Tensor, seed: int) -> torch.Tensor:
+    """Images (N, 1, H, W) under transform ``key``; sample i's randomness is seeded by
+    (seed, sources[i], key), so the result depends on nothing else."""
+    out = images
+    for step in key.split("+"):
+        if step == "clean":
+            continue
+        if step.startswith("rot("):
+            out = rotate(out, float(step[4:-1]))
+            continue
+        fn = CORRUPTIONS[step]
+        tag = zlib.crc32(key.encode())
+        arr = out.numpy().astype(np.float64)
+        done = np.empty_like(arr)
+        for i, src in enumerate(sources.tolist()):
+            rng = np.random.default_rng([seed, int(src), tag])
+            for c in range(arr.shape[1]):
+                done[i, c] = fn(arr[i, c], rng)
+        out = torch.from_numpy(done.astype(np.float32))
+    return out
+
+
+@dataclass(frozen=True)
+class StreamSet(ImageSet):
+    """An ImageSet cut from a stream: ``indices`` are stream sample ids, and the fingerprint is
+    the stream's identity. Ids are stable (an id always means the same pixels in this stream),
+    so a Forward Cache bound to the stream may hold rows of any of its windows."""
+
+    stream_identity: str = ""
+
+    @property  # type: ignore[override]
+    def fingerprint(self) -> str:
+        return self.stream_identity
+
+
+@dataclass
+class Stream:
+    """The whole stream as tensors, in arrival order, plus the held-out source images."""
+
+    dataset: str
+    spec: str
+    seed: int
+    phases: list[Phase]
+    images: torch.Tensor  # (T, 1, H, W)
+    labels: torch.Tensor  # (T,)  read through reveal() in the prequential loop
+    ids: torch.Tensor  # (T,) stable sample id
+    sources: torch.Tensor  # (T,) source image index
+    phase_of: torch.Tensor  # (T,) phase number
+    keys: list[str]  # (T,) transform key
+    heldout_images: torch.Tensor
+    heldout_labels: torch.Tensor
+    heldout_sources: torch.Tensor
+    identity: str
+    _heldout_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def phase_bounds(self) -> list[tuple[int, int]]:
+        edges = np.cumsum([0, *(p.length for p in self.phases)])
+        return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+    def reveal(self, start: int, stop: int) -> torch.Tensor:
+        """Labels of arrivals start..stop-1: the prequential loop reads labels only here,
+        after predicting those arrivals."""
+        return self.labels[start:stop]
+
+    def window(self, rows: torch.Tensor) -> StreamSet:
+        return StreamSet(
+            f"stream-{self.identity[:8]}", self.images[rows], self.labels[rows], self.ids[rows], self.identity
+        )
+
+    def heldout(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out images under transform ``key`` (computed once per key), and labels."""
+        if key not in self._heldout_cache:
+            # held-out sources are offset so their noise never equals a stream sample's
+            self._heldout_cache[key] = apply_transform(
+                key, self.heldout_images, self.heldout_sources + 1_000_000, self.seed
+            )
+        return self._heldout_cache[key], self.heldout_labels
+
+
+def build_stream(
+    dataset: str = "rotmnist",
+    schedule: str = "gradual",
+    *,
+    phase_length: int = 1000,
+    seed: int = 0,
+    heldout: int = 500,
+    pool: int | None = None,
+    data_dir: str | None = None,
+) -> Stream:
+    """Draw the stream: test split → ``heldout`` held-out images and a pool (the rest, or the
+    first ``pool``), then ``phases`` of arrivals from the pool."""
+    if dataset not in STREAM_DATASETS:
+        raise InstantFTError(f"unknown stream dataset {dataset!r}; valid: {', '.join(STREAM_DATASETS)}")
+    phases = parse_schedule(schedule, phase_length)
+    if heldout < 1:
+        raise InstantFTError(f"--heldout must be >= 1, got {heldout}")
+    base = load_split(dataset.removeprefix("rot"), "test", data_dir)
+    if heldout >= len(base):
+        raise InstantFTError(f"--heldout must be < {len(base)}, got {heldout}")
+    perm = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))
+    held_rows, pool_rows = perm[:heldout], perm[heldout:]
+    if pool is not None:
+        if not 1 <= pool <= len(pool_rows):
+            raise InstantFTError(f"--pool must be in 1..{len(pool_rows)}, got {pool}")
+        pool_rows = pool_rows[:pool]
+    rng = np.random.default_rng([seed, 7])
+    total = sum(p.length for p in phases)
+    sources = np.empty(total, dtype=np.int64)
+    phase_of = np.empty(total, dtype=np.int64)
+    keys: list[str] = []
+    at = 0
+    for n, phase in enumerate(phases):
+        sources[at : at + phase.length] = pool_rows.numpy()[rng.integers(0, len(pool_rows), phase.length)]
+        phase_of[at : at + phase.length] = n
+        keys += [phase.key(t) for t in range(phase.length)]
+        at += phase.length
+    src = torch.from_numpy(sources)
+    images = torch.empty((total, *base.images.shape[1:]))
+    for key in dict.fromkeys(keys):
+        rows = torch.from_numpy(np.flatnonzero(np.array(keys) == key))
+        images[rows] = apply_transform(key, base.images[src[rows]], src[rows], seed)
+    id_of: dict[tuple[int, str], int] = {}
+    ids = torch.tensor([id_of.setdefault((int(s), k), len(id_of)) for s, k in zip(sources, keys, strict=True)])
+    h = hashlib.sha256()
+    h.update(f"{dataset}|{schedule}|{phase_length}|{seed}|{heldout}|{pool}|".encode())
+    h.update(base.fingerprint.encode())
+    return Stream(
+        dataset=dataset,
+        spec=schedule,
+        seed=seed,
+        phases=phases,
+        images=images,
+        labels=base.labels[src].clone(),
+        ids=ids,
+        sources=src,
+        phase_of=torch.from_numpy(phase_of),
+        keys=keys,
+        heldout_images=base.images[held_rows],
+        heldout_labels=base.labels[held_rows],
+        heldout_sources=held_rows,
+        identity="stream-" + h.hexdigest()[:16],
+    )
