@@ -86,6 +86,7 @@ class FineTuneConfigRecord(Record):
     cache_fill: Name
     cache_max_bytes: NonNegInt | None = None
     engine: Name
+    last_layer: Name | None = None
 
 
 class TaskRecord(Record):
@@ -117,6 +118,9 @@ class AdapterRecord(Record):
     base_fingerprint: Sha256
     tensors_sha256: Sha256
     architecture: Name | None = None
+    backbone: Name | None = None  # the model's class name
+    taps: Annotated[list[Name], Field(min_length=1, max_length=4096)] | None = None  # Tap.label, in order
+    input_shape: Annotated[list[Dim], Field(min_length=1, max_length=8)] | None = None
     task: TaskRecord | None = None
     numerics: Literal["float", "fixed"] = "float"
     fixed: FixedRecord | None = None

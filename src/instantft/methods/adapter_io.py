@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from instantft.backbones import Backbone
 from instantft.errors import InstantFTError
 from instantft.fileio import PathLike, load_tensors, read_record, save_with_record, tensor_shapes, tensors_sha256
 from instantft.methods.base import FineTuneConfig, Method, create
-from instantft.models import LeNet5, model_fingerprint
+from instantft.models import model_fingerprint
 
 META_KEY = "instantft_adapter"
 #: when a method's shapes cannot be predicted without allocating, a claimed rank above
@@ -37,7 +39,10 @@ def save_adapter(
         "config": method.config.to_dict(),
         "shapes": {k: list(v.shape) for k, v in state.items()},
         "base_fingerprint": method.base_fingerprint,
-        "architecture": method.base.config.name,
+        "architecture": getattr(getattr(method.base, "config", None), "name", None),
+        "backbone": type(method.base).__name__,
+        "taps": [t.label for t in method.backbone.taps],
+        "input_shape": list(method.backbone.input_shape),
         **(extra or {}),
         "tensors_sha256": tensors_sha256(state),
     }
@@ -49,12 +54,21 @@ def read_adapter_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_record(path, META_KEY, "adapter")
 
 
-def _predicted_shapes(method_name: str, base: LeNet5, config: FineTuneConfig) -> dict[str, list[int]] | None:
+Base = Backbone | nn.Module
+
+
+def _rebuild(record: dict[str, Any], base: Base, config: FineTuneConfig) -> Method:
+    """The method of ``record`` on ``base`` with the recorded taps (``auto`` for old records)."""
+    taps, shape = record.get("taps") or "auto", record.get("input_shape")
+    return create(record["method"], base, config, taps, tuple(shape) if shape else None)
+
+
+def _predicted_shapes(record: dict[str, Any], base: Base, config: FineTuneConfig) -> dict[str, list[int]] | None:
     """The shapes the method would allocate, found on torch's ``meta`` device (no memory), or
     None when the method cannot be built there."""
     try:
         with torch.device("meta"):
-            probe = create(method_name, base, config)
+            probe = _rebuild(record, base, config)
         return {k: list(v.shape) for k, v in probe.trainable().items()}
     except InstantFTError:
         raise
@@ -62,13 +76,13 @@ def _predicted_shapes(method_name: str, base: LeNet5, config: FineTuneConfig) ->
         return None
 
 
-def check_sizes(path: PathLike, record: dict[str, Any], base: LeNet5, config: FineTuneConfig) -> None:
+def check_sizes(path: PathLike, record: dict[str, Any], base: Base, config: FineTuneConfig) -> None:
     """The sizes the record claims against the tensors in the file's header, before any
     allocation: recorded shapes = header shapes = what the method would build."""
     present = {k: shape for k, (_dtype, shape) in tensor_shapes(path, "adapter").items()}
     if record["shapes"] != present:
         raise InstantFTError(f"{path}: adapter record's shapes do not match the tensors in the file")
-    predicted = _predicted_shapes(record["method"], base, config)
+    predicted = _predicted_shapes(record, base, config)
     if predicted is not None:
         if predicted != present:
             raise InstantFTError(
@@ -85,7 +99,7 @@ def check_sizes(path: PathLike, record: dict[str, Any], base: LeNet5, config: Fi
             raise InstantFTError(f"{path}: adapter tensor {name} has shape {shape}, not rank {config.rank}")
 
 
-def load_adapter(path: str | os.PathLike[str], base: LeNet5) -> tuple[Method, dict[str, Any]]:
+def load_adapter(path: str | os.PathLike[str], base: Base) -> tuple[Method, dict[str, Any]]:
     """Rebuild the method on ``base`` (in the numerics it was trained in) and load its tensors."""
     record = read_adapter_record(path)
     method_name = record["method"]
@@ -93,7 +107,8 @@ def load_adapter(path: str | os.PathLike[str], base: LeNet5) -> tuple[Method, di
         config = FineTuneConfig(**record["config"])
     except TypeError as exc:
         raise InstantFTError(f"{path}: adapter metadata is malformed ({exc})") from None
-    if record["base_fingerprint"] != model_fingerprint(base):
+    model = base.model if isinstance(base, Backbone) else base
+    if record["base_fingerprint"] != model_fingerprint(model):
         raise InstantFTError(f"{path}: adapter was trained on another base model (fingerprint mismatch)")
     check_sizes(path, record, base, config)
     state = load_tensors(path, "adapter")
@@ -106,6 +121,6 @@ def load_adapter(path: str | os.PathLike[str], base: LeNet5) -> tuple[Method, di
         fixed = numerics_config("fixed", **(record.get("fixed") or {}))
         method: Method = fixed_point_method(method_name, base, config, fixed, "fixed")
     else:
-        method = create(method_name, base, config)
+        method = _rebuild(record, base, config)
     method.load_trainable({k: v.to(torch.float32) for k, v in state.items()})
     return method, record

@@ -1,0 +1,166 @@
+"""The backbone seam: taps found by one traced forward on any module, matched PEFT-style, read
+by hooks; the fingerprint follows the weights; bad models and bad tap names are one line."""
+
+from __future__ import annotations
+
+import doctest
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import instantft
+from instantft.backbones import Backbone, create_backbone, list_backbones
+from instantft.errors import InstantFTError
+from instantft.models import build
+
+
+def test_auto_taps_of_lenet5_are_the_papers_x0_to_x4():
+    bb = Backbone(build("lenet5-mnist"))
+    assert [t.name for t in bb.taps] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert bb.sizes == [784, 1176, 400, 120, 84]
+    assert [t.is_model_input for t in bb.taps] == [True, False, False, False, False]
+    assert bb.cache_sizes == [1176, 400, 120, 84, 10] and bb.num_classes == 10
+    model = build("lenet5-mnist")
+    x = torch.rand(5, 1, 28, 28)
+    xs, logits = Backbone(model).trace(x)
+    ref_xs, ref_logits = model.trace(x)
+    for a, b in zip(xs, ref_xs, strict=True):
+        assert torch.equal(a, b.flatten(1))
+    assert torch.equal(logits, ref_logits)
+
+
+def test_explicit_taps_exact_suffix_regex_and_output():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
+    bb = Backbone(model, taps=["5", "re:[13]", "3:output"], example=(1, 28, 28))
+    assert [t.label for t in bb.taps] == ["1", "3", "3:output", "5"]  # forward order, not pattern order
+    assert bb.sizes == [784, 32, 16, 16]
+    lenet = Backbone(build("lenet5-mnist"), taps=["fc1", "conv2:output"])
+    assert [t.label for t in lenet.taps] == ["conv2:output", "fc1"] and lenet.sizes == [1600, 400]
+    block = nn.Sequential(OrderedDict(fc=nn.Linear(784, 8), act=nn.ReLU()))
+    nested = nn.Sequential(OrderedDict(flat=nn.Flatten(), block=block, out=nn.Linear(8, 2)))
+    assert [t.name for t in Backbone(nested, taps="fc", example=(1, 28, 28)).taps] == ["block.fc"]  # suffix match
+
+
+def test_a_model_input_tap_is_read_from_the_data():
+    mlp = Backbone(build("mlp-mnist"))
+    assert mlp.taps[0].is_model_input and mlp.cache_sizes == [128, 64, 10]
+
+
+def test_in_place_ops_after_a_tap_do_not_corrupt_it():
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            out = self.b(h)
+            h.mul_(0)  # changes the tensor tapped as b's input after b has read it
+            return out
+
+    torch.manual_seed(0)
+    model = InPlace()
+    x = torch.randn(3, 4)
+    xs, _ = Backbone(model, example=(4,)).trace(x)
+    torch.testing.assert_close(xs[1], model.a(x).detach())
+
+
+def test_fingerprint_follows_weights_buffers_and_taps():
+    bb = Backbone(build("resnet8-mnist"))
+    first = bb.fingerprint()
+    assert bb.fingerprint() == first
+    bb.model.bn.running_mean.add_(1.0)
+    second = bb.fingerprint()
+    assert second != first
+    bb.model.fc.weight.data.add_(1.0)
+    assert bb.fingerprint() != second
+    assert Backbone(build("lenet5-mnist"), taps="fc1").fingerprint() != Backbone(build("lenet5-mnist")).fingerprint()
+
+
+def test_registry_covers_every_architecture():
+    assert {"lenet5-mnist", "lenet5-svhn", "mlp-mnist", "resnet8-mnist"} <= set(list_backbones())
+    for name in list_backbones():
+        bb = create_backbone(name)
+        assert bb.num_classes == 10 and len(bb.taps) >= 3
+    with pytest.raises(InstantFTError, match="unknown backbone"):
+        create_backbone("vgg")
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "message"),
+    [
+        (nn.Linear(784, 10), {"taps": "nope", "example": (784,)}, "tap 'nope' matches no module"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), {"example": (3, 32, 32)}, "rejects inputs of shape"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), {}, "pass example="),
+        (nn.Sequential(nn.Flatten(), nn.ReLU()), {"example": (784,)}, "has no Conv2d or Linear"),
+        (nn.Sequential(nn.Linear(4, 4)), {"taps": [], "example": (4,)}, "at least one module"),
+        ("not a model", {}, "must be a torch.nn.Module"),
+    ],
+)
+def test_bad_models_and_taps_are_one_line(model, kwargs, message):
+    with pytest.raises(InstantFTError, match=message) as info:
+        Backbone(model, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_a_module_run_twice_cannot_be_tapped():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.f(self.f(x))
+
+    with pytest.raises(InstantFTError, match="runs 2 times"):
+        Backbone(Twice(), example=(4,))
+
+
+def test_logits_not_a_batch_of_vectors_is_refused():
+    with pytest.raises(InstantFTError, match=r"\(batch, classes\) logits"):
+        Backbone(nn.Sequential(nn.Conv2d(1, 2, 3)), example=(1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ((torch.rand(10, 1, 28, 28), torch.zeros(9, dtype=torch.long)), "x has 10 samples but y has 9"),
+        ((torch.rand(10, 1, 28, 28), torch.rand(10)), "integer class labels"),
+        ((torch.full((4, 1, 28, 28), float("nan")), torch.zeros(4, dtype=torch.long)), "NaN or infinite"),
+        ((torch.rand(40, 1, 28, 28), torch.full((40,), 10)), r"labels must be in 0\.\.9"),
+        ((torch.rand(40, 3, 32, 32), torch.zeros(40, dtype=torch.long)), "per sample"),
+        ("nonsense", "data must be"),
+    ],
+)
+def test_bad_user_data_is_one_line(data, message):
+    ft = instantft.FineTuner(build("lenet5-mnist"), method="skip2-lora", epochs=1)
+    with pytest.raises(InstantFTError, match=message):
+        ft.fit(data)
+
+
+def test_unknown_method_and_option():
+    with pytest.raises(InstantFTError, match="unknown method"):
+        instantft.FineTuner(nn.Linear(2, 2), method="magic")
+    with pytest.raises(InstantFTError, match="unknown option"):
+        instantft.FineTuner(nn.Linear(2, 2), method="instantft", learning_rate=0.1)
+
+
+def test_fit_accepts_a_torch_dataset():
+    x, y = torch.rand(60, 1, 28, 28), torch.randint(0, 10, (60,))
+    ds = torch.utils.data.TensorDataset(x, y)
+    model = build("lenet5-mnist")
+    a = instantft.FineTuner(model, method="skip2-lora", epochs=1)
+    b = instantft.FineTuner(model, method="skip2-lora", epochs=1)
+    a.fit(ds)
+    b.fit((x, y))
+    assert torch.equal(a.predict(x), b.predict(x))
+
+
+@pytest.mark.parametrize("module", ["instantft.api", "instantft.backbones.base"])
+def test_docstring_examples_run(module: str):
+    import importlib
+
+    failed, attempted = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert attempted > 0 and failed == 0
