@@ -2,8 +2,9 @@
  * Skip-LoRA training loop, for the Python engine (ctypes) and the device program alike.
  *
  * C11, libc + libm only (OpenMP optional: built with -fopenmp the fill is parallel over
- * samples). No Python headers. Every function is reentrant; none allocates except
- * ift_cache_alloc / ift_chain_work_floats users; errors are returned, never printed.
+ * samples). No Python headers. Every function is reentrant; only ift_cache_alloc and the batch
+ * functions (fill, train, predict: their scratch, freed before return) allocate; errors are
+ * returned, never printed.
  *
  * Conventions (the same as the Python side, see src/instantft/engine/layout.py):
  * - A cache row is [tap 1 | ... | tap T | logits] (float32), the taps that are not the model input,
@@ -102,12 +103,17 @@ int ift_cache_row(const ift_cache *c, int64_t slot, float *out);
 #define IFT_OP_MAXPOOL 3  /* kernel kh x kw, stride, padding (-inf), floor mode */
 #define IFT_OP_FLATTEN 4
 #define IFT_OP_LINEAR 5   /* weight (out_c, in features), bias (out_c) or NULL */
+#define IFT_TAP_NONE 0
+#define IFT_TAP_CACHED 1
+#define IFT_TAP_INPUT 2
 
 typedef struct ift_op {
     int32_t kind;
     int32_t out_c;                   /* conv: output channels; linear: output features */
     int32_t kh, kw, sh, sw, ph, pw;  /* conv / maxpool: kernel, stride, padding */
-    int32_t tap;                     /* 1: this op's input is a tap */
+    int32_t tap;                     /* IFT_TAP_NONE / IFT_TAP_CACHED / IFT_TAP_INPUT: this op's input is a
+                                        tap stored in the cache row, or a tap equal to the model input
+                                        (e.g. an MLP's flattened image: read from the images, not cached) */
     const float *weight;
     const float *bias;
     /* filled by ift_chain_init: the input and output shape (c, h, w; flat: c = features, h = w = 1) */
@@ -126,13 +132,15 @@ typedef struct ift_chain {
     int32_t input_is_tap;            /* ops[0].tap */
     int32_t n_taps;                  /* taps including the model input when it is one */
     int64_t work_floats;             /* scratch floats per thread for ift_chain_forward */
+    int64_t act_floats;              /* (internal) largest activation, padded */
 } ift_chain;
 
 /* Check the ops (shapes, kinds, weights present) and fill their derived fields. On error returns
  * IFT_EINVAL and, if err != NULL, writes a message (errlen bytes max). */
 int ift_chain_init(ift_chain *chain, ift_op *ops, int32_t n_ops, int32_t in_c, int32_t in_h, int32_t in_w,
                    char *err, size_t errlen);
-/* The K x 4 segments of the adapters over the chain's taps (K = n_taps), as Layout.segments(). */
+/* The K x 4 segments of the adapters over the chain's taps (K = n_taps), as Layout.segments():
+ * a tap equal to the model input reads the image (offset 0), the others their cache-row slice. */
 int ift_chain_segments(const ift_chain *chain, int64_t *seg);
 /* Tap widths in forward order (n_taps values), model input first when it is a tap. */
 int ift_chain_tap_sizes(const ift_chain *chain, int64_t *sizes);

@@ -1,0 +1,452 @@
+"""The C core (``csrc/``) from Python, through its plain C ABI with ctypes.
+
+The shared library is compiled when the package is installed (``setup.py`` builds it as the
+extension ``instantft._cinstantft``; it has no Python entry point, only the C functions of
+``csrc/instantft.h``), so nothing is ever compiled at run time. Every function here takes numpy
+arrays (C-contiguous, the dtypes the C side expects, checked) and mirrors one numba kernel of
+:mod:`instantft.engine.kernels`: the same arguments and the same results, to float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: must equal IFT_ABI_VERSION of the library
+ABI_VERSION = 1
+OK, EINVAL, ENOMEM, EFULL, EKEY, ELOSS, EPARAM = 0, -1, -2, -3, -4, -5, -6
+FP32, NF4 = 0, 1
+OP_CONV2D, OP_RELU, OP_MAXPOOL, OP_FLATTEN, OP_LINEAR = 1, 2, 3, 4, 5
+TAP_NONE, TAP_CACHED, TAP_INPUT = 0, 1, 2
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+_i64p = ctypes.POINTER(ctypes.c_int64)
+_u8p = ctypes.POINTER(ctypes.c_uint8)
+_f64p = ctypes.POINTER(ctypes.c_double)
+
+
+class _Op(ctypes.Structure):
+    _fields_ = [
+        *((n, ctypes.c_int32) for n in ("kind", "out_c", "kh", "kw", "sh", "sw", "ph", "pw", "tap")),
+        ("weight", _f32p),
+        ("bias", _f32p),
+        *((n, ctypes.c_int32) for n in ("in_c", "in_h", "in_w", "out_h", "out_w", "out_cc")),
+        ("tap_offset", ctypes.c_int64),
+    ]
+
+
+class _Chain(ctypes.Structure):
+    _fields_ = [
+        ("ops", ctypes.POINTER(_Op)),
+        *((n, ctypes.c_int32) for n in ("n_ops", "in_c", "in_h", "in_w")),
+        *((n, ctypes.c_int64) for n in ("in_size", "num_classes", "row_width", "logit_offset")),
+        ("input_is_tap", ctypes.c_int32),
+        ("n_taps", ctypes.c_int32),
+        ("work_floats", ctypes.c_int64),
+        ("act_floats", ctypes.c_int64),
+    ]
+
+
+class _Cache(ctypes.Structure):
+    _fields_ = [
+        ("storage", ctypes.c_int),
+        *((n, ctypes.c_int64) for n in ("width", "capacity", "count", "block_size", "blocks")),
+        ("rows", _f32p),
+        ("codes", _u8p),
+        ("absmax", _f32p),
+        ("keys", _i64p),
+        ("slot_of", _i64p),
+        ("key_space", ctypes.c_int64),
+        ("owns", ctypes.c_int),
+    ]
+
+
+class _Adapters(ctypes.Structure):
+    _fields_ = [
+        *((n, ctypes.c_int64) for n in ("K", "R", "C", "D")),
+        ("seg", _i64p),
+        ("A", _f32p),
+        ("B", _f32p),
+        ("logit_offset", ctypes.c_int64),
+        ("scale", ctypes.c_float),
+    ]
+
+
+def library_path() -> str | None:
+    """Where the installed shared library is (found without importing it: it is not a module)."""
+    override = os.environ.get("INSTANTFT_CLIB")
+    if override:
+        return override
+    spec = importlib.util.find_spec("instantft._cinstantft")
+    return spec.origin if spec is not None and spec.origin else None
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, i32, c_int = ctypes.c_int64, ctypes.c_int32, ctypes.c_int
+    sigs: dict[str, tuple[Any, list[Any]]] = {
+        "ift_abi_version": (c_int, []),
+        "ift_build_info": (ctypes.c_char_p, []),
+        "ift_strerror": (ctypes.c_char_p, [c_int]),
+        "ift_nf4_encode_rows": (None, [_f32p, i64, i64, i64, _u8p, _f32p]),
+        "ift_nf4_decode_row": (None, [_u8p, _f32p, i64, i64, _f32p]),
+        "ift_chain_init": (
+            c_int,
+            [ctypes.POINTER(_Chain), ctypes.POINTER(_Op), i32, i32, i32, i32, ctypes.c_char_p, ctypes.c_size_t],
+        ),
+        "ift_chain_segments": (c_int, [ctypes.POINTER(_Chain), _i64p]),
+        "ift_chain_fill_fp32": (c_int, [ctypes.POINTER(_Chain), _f32p, i64, _f32p, c_int]),
+        "ift_chain_fill_nf4": (c_int, [ctypes.POINTER(_Chain), _f32p, i64, i64, _u8p, _f32p, c_int]),
+        "ift_predict": (c_int, [ctypes.POINTER(_Chain), ctypes.POINTER(_Adapters), _f32p, i64, _f32p, c_int]),
+        "ift_adapters_logits": (None, [ctypes.POINTER(_Adapters), _f32p, _f32p, _f32p]),
+        "ift_train": (
+            i64,
+            [
+                ctypes.POINTER(_Adapters),
+                ctypes.POINTER(_Cache),
+                _f32p,
+                i64,
+                _i64p,
+                _i64p,
+                _i64p,
+                _i64p,
+                i64,
+                i64,
+                ctypes.c_float,
+                _f64p,
+                c_int,
+                ctypes.POINTER(c_int),
+            ],
+        ),
+    }
+    for name, (res, args) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded C core, or None when it was not built (no C compiler at install time)."""
+    path = library_path()
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+        _declare(lib)
+    except (OSError, AttributeError):
+        return None
+    if lib.ift_abi_version() != ABI_VERSION:
+        return None
+    return lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def _lib() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the instantft C core is not built (reinstall with a C compiler: pip install -e .)")
+    return lib
+
+
+def build_info() -> str:
+    """The instruction set the kernels run with and whether OpenMP is in (e.g. ``avx512+openmp``)."""
+    return _lib().ift_build_info().decode()
+
+
+def _ptr(a: np.ndarray | None, dtype: Any, ctype: Any, name: str, writable: bool = False) -> Any:
+    if a is None:
+        return None
+    if a.dtype != dtype or not a.flags.c_contiguous or (writable and not a.flags.writeable):
+        raise ValueError(f"{name} must be a C-contiguous {np.dtype(dtype).name} array")
+    return a.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+def _f32(a: np.ndarray | None, name: str, writable: bool = False) -> Any:
+    return _ptr(a, np.float32, ctypes.c_float, name, writable)
+
+
+def _i64(a: np.ndarray | None, name: str) -> Any:
+    return _ptr(a, np.int64, ctypes.c_int64, name)
+
+
+def _u8(a: np.ndarray, name: str, writable: bool = False) -> Any:
+    return _ptr(a, np.uint8, ctypes.c_uint8, name, writable)
+
+
+# --- NF4 ----------------------------------------------------------------------------------------
+def encode_nf4(rows: np.ndarray, block_size: int, codes: np.ndarray, absmax: np.ndarray) -> None:
+    """Quantise fp32 rows (n, w) into codes (n, blocks·block_size/2) and absmax (n, blocks),
+    bit-identical to :func:`instantft.nf4.quantize` (as :func:`kernels.encode_nf4`)."""
+    n, w = rows.shape
+    nb = -(-w // block_size)
+    if codes.shape != (n, nb * block_size // 2) or absmax.shape != (n, nb) or block_size % 2:
+        raise ValueError("codes/absmax do not match rows and block_size")
+    _lib().ift_nf4_encode_rows(
+        _f32(rows, "rows"), n, w, block_size, _u8(codes, "codes", True), _f32(absmax, "absmax", True)
+    )
+
+
+def decode_rows(codes: np.ndarray, absmax: np.ndarray, block_size: int, slots: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = the dequantised row ``slots[i]`` (out (n, width), width <= blocks·block_size)."""
+    lib = _lib()
+    width = out.shape[1]
+    if absmax.shape[1] * block_size < width or codes.shape[1] * 2 != absmax.shape[1] * block_size:
+        raise ValueError("codes/absmax do not match out and block_size")
+    for i, s in enumerate(np.asarray(slots, dtype=np.int64)):
+        lib.ift_nf4_decode_row(
+            _u8(codes[s], "codes"), _f32(absmax[s], "absmax"), width, block_size, _f32(out[i], "out", True)
+        )
+
+
+# --- the chain ----------------------------------------------------------------------------------
+@dataclass
+class ChainOp:
+    """One op of a chain backbone as the C core sees it (see csrc/instantft.h, ``ift_op``)."""
+
+    kind: int
+    out_c: int = 0
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    tap: int = TAP_NONE
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+
+@dataclass
+class Chain:
+    """A chain backbone loaded into the C core: ``fill`` writes cache rows [cached taps | logits]."""
+
+    in_shape: tuple[int, int, int]
+    ops: list[ChainOp]
+    _keep: list[Any] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        lib = _lib()
+        n = len(self.ops)
+        self._ops = (_Op * n)()
+        for c_op, op in zip(self._ops, self.ops, strict=True):
+            c_op.kind, c_op.out_c, c_op.tap = op.kind, op.out_c, op.tap
+            c_op.kh, c_op.kw = op.kernel
+            c_op.sh, c_op.sw = op.stride
+            c_op.ph, c_op.pw = op.padding
+            for attr in ("weight", "bias"):
+                arr = getattr(op, attr)
+                if arr is not None:
+                    arr = np.ascontiguousarray(arr, dtype=np.float32)
+                    self._keep.append(arr)
+                    setattr(c_op, attr, _f32(arr, attr))
+        self._chain = _Chain()
+        err = ctypes.create_string_buffer(256)
+        rc = lib.ift_chain_init(ctypes.byref(self._chain), self._ops, n, *self.in_shape, err, 256)
+        if rc != OK:
+            raise ValueError(f"chain rejected by the C core: {err.value.decode()}")
+
+    @property
+    def row_width(self) -> int:
+        return int(self._chain.row_width)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._chain.num_classes)
+
+    @property
+    def in_size(self) -> int:
+        return int(self._chain.in_size)
+
+    @property
+    def logit_offset(self) -> int:
+        return int(self._chain.logit_offset)
+
+    def segments(self) -> np.ndarray:
+        seg = np.zeros((int(self._chain.n_taps), 4), np.int64)
+        _lib().ift_chain_segments(ctypes.byref(self._chain), _i64(seg, "seg"))
+        return seg
+
+    def _images(self, images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(images, dtype=np.float32).reshape(len(images), -1)
+        if x.shape[1] != self.in_size:
+            raise ValueError(f"images have {x.shape[1]} values per sample, the chain takes {self.in_size}")
+        return x
+
+    def fill(self, images: np.ndarray, rows: np.ndarray, threads: int = 1) -> None:
+        """rows (n, row_width) float32 = the cache rows of ``images`` (as :func:`kernels.fill_rows`)."""
+        x = self._images(images)
+        if rows.shape != (len(x), self.row_width):
+            raise ValueError(f"rows must be ({len(x)}, {self.row_width}), got {rows.shape}")
+        rc = _lib().ift_chain_fill_fp32(
+            ctypes.byref(self._chain), _f32(x, "images"), len(x), _f32(rows, "rows", True), threads
+        )
+        if rc != OK:
+            raise MemoryError("C cache fill failed")
+
+    def fill_nf4(
+        self, images: np.ndarray, block_size: int, codes: np.ndarray, absmax: np.ndarray, threads: int = 1
+    ) -> None:
+        """The NF4 cache rows of ``images``, encoded row by row (as :func:`kernels.fill_rows_nf4`)."""
+        x = self._images(images)
+        nb = -(-self.row_width // block_size)
+        if codes.shape != (len(x), nb * block_size // 2) or absmax.shape != (len(x), nb):
+            raise ValueError("codes/absmax do not match the chain's row width and block_size")
+        rc = _lib().ift_chain_fill_nf4(
+            ctypes.byref(self._chain),
+            _f32(x, "images"),
+            len(x),
+            block_size,
+            _u8(codes, "codes", True),
+            _f32(absmax, "absmax", True),
+            threads,
+        )
+        if rc != OK:
+            raise ValueError(f"C NF4 fill failed: {_lib().ift_strerror(rc).decode()}")
+
+    def rows(self, images: np.ndarray, threads: int = 1) -> np.ndarray:
+        out = np.empty((len(images), self.row_width), np.float32)
+        self.fill(images, out, threads)
+        return out
+
+    def predict(self, images: np.ndarray, adapters: Adapters | None = None, threads: int = 1) -> np.ndarray:
+        """Logits (n, C): the base forward, plus scale·Σ B_k A_k x_k when ``adapters`` are given."""
+        x = self._images(images)
+        out = np.empty((len(x), self.num_classes), np.float32)
+        ad = ctypes.byref(adapters.struct) if adapters is not None else None
+        rc = _lib().ift_predict(
+            ctypes.byref(self._chain), ad, _f32(x, "images"), len(x), _f32(out, "out", True), threads
+        )
+        if rc != OK:
+            raise ValueError(f"C predict failed: {_lib().ift_strerror(rc).decode()}")
+        return out
+
+
+# --- adapters and training ----------------------------------------------------------------------
+class Adapters:
+    """A view of packed A (R', D) and B (C, K, R') float32 arrays (trained in place) and the segments."""
+
+    def __init__(self, A: np.ndarray, B: np.ndarray, seg: np.ndarray, logit_offset: int, scale: float) -> None:
+        C, K, R = B.shape
+        if A.shape[0] != R or seg.shape != (K, 4) or R % 4:
+            raise ValueError(f"A {A.shape}, B {B.shape} and segments {seg.shape} do not match (R' a multiple of 4)")
+        self.A, self.B, self.seg = A, B, np.ascontiguousarray(seg, dtype=np.int64)
+        self.struct = _Adapters(
+            K, R, C, A.shape[1], _i64(self.seg, "seg"), _f32(A, "A", True), _f32(B, "B", True), logit_offset, scale
+        )
+
+
+def _cache_view(
+    storage: int,
+    width: int,
+    rows: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+    absmax: np.ndarray | None = None,
+    block_size: int = 0,
+) -> _Cache:
+    view = _Cache()
+    view.storage, view.width = storage, width
+    if storage == FP32:
+        assert rows is not None
+        view.rows, view.capacity = _f32(rows, "rows"), len(rows)
+    else:
+        assert codes is not None and absmax is not None
+        view.codes, view.absmax, view.capacity = _u8(codes, "codes"), _f32(absmax, "absmax"), len(codes)
+        view.block_size, view.blocks = block_size, absmax.shape[1]
+    view.count = view.capacity
+    return view
+
+
+def train(
+    view: _Cache,
+    images: np.ndarray | None,
+    slot_of: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    offsets: np.ndarray,
+    first: int,
+    last: int,
+    A: np.ndarray,
+    B: np.ndarray,
+    seg: np.ndarray,
+    logit_off: int,
+    lr: float,
+    scale: float,
+    losses: np.ndarray,
+    threads: int = 1,
+) -> tuple[int, int]:
+    """Steps ``first..last-1``; returns (steps done, status): ``OK``, ``ELOSS`` (stopped after the
+    first non-finite loss) or ``EPARAM`` (A or B non-finite after the last update)."""
+    if last > len(offsets) - 1 or first < 0 or losses.shape[0] < last:
+        raise ValueError("first/last outside the schedule or losses too short")
+    ad = Adapters(A, B, seg, logit_off, scale)
+    if losses.dtype != np.float64:
+        raise ValueError("losses must be float64")
+    x = None if images is None else np.ascontiguousarray(images, dtype=np.float32).reshape(len(images), -1)
+    status = ctypes.c_int(EINVAL)
+    labels64 = np.ascontiguousarray(labels, dtype=np.int64)
+    done = _lib().ift_train(
+        ctypes.byref(ad.struct),
+        ctypes.byref(view),
+        _f32(x, "images"),
+        0 if x is None else x.shape[1],
+        _i64(np.ascontiguousarray(slot_of, dtype=np.int64), "slot_of"),
+        _i64(labels64, "labels"),
+        _i64(np.ascontiguousarray(order, dtype=np.int64), "order"),
+        _i64(np.ascontiguousarray(offsets, dtype=np.int64), "offsets"),
+        first,
+        last,
+        lr,
+        _ptr(losses, np.float64, ctypes.c_double, "losses", True),
+        threads,
+        ctypes.byref(status),
+    )
+    if status.value == EINVAL:
+        raise ValueError("ift_train rejected its arguments (segments, shapes or schedule)")
+    if status.value == ENOMEM:
+        raise MemoryError("ift_train: out of memory")
+    return int(done), int(status.value)
+
+
+Array = np.ndarray
+
+
+def train_fp32(
+    images: Array | None, rows: Array, slot_of: Array, labels: Array, order: Array, offsets: Array, first: int,
+    last: int, A: Array, B: Array, seg: Array, logit_off: int, lr: float, scale: float, losses: Array,
+    threads: int = 1,
+) -> int:  # fmt: skip
+    """:func:`kernels.train_fp32` on the C core: steps done (stops after a non-finite loss)."""
+    view = _cache_view(FP32, rows.shape[1], rows=rows)
+    args = (slot_of, labels, order, offsets, first, last, A, B, seg, logit_off, lr, scale, losses, threads)
+    return train(view, images, *args)[0]
+
+
+def train_nf4(
+    images: Array | None, codes: Array, absmax: Array, block_size: int, slot_of: Array, labels: Array, order: Array,
+    offsets: Array, first: int, last: int, A: Array, B: Array, seg: Array, logit_off: int, lr: float, scale: float,
+    losses: Array, threads: int = 1,
+) -> int:  # fmt: skip
+    """:func:`kernels.train_nf4` on the C core (NF4 rows dequantised per step, bit-identical)."""
+    view = _cache_view(NF4, absmax.shape[1] * block_size, codes=codes, absmax=absmax, block_size=block_size)
+    args = (slot_of, labels, order, offsets, first, last, A, B, seg, logit_off, lr, scale, losses, threads)
+    return train(view, images, *args)[0]
+
+
+__all__ = [
+    "Adapters",
+    "Chain",
+    "ChainOp",
+    "available",
+    "build_info",
+    "decode_rows",
+    "encode_nf4",
+    "library",
+    "train",
+    "train_fp32",
+    "train_nf4",
+]
