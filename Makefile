@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export INSTANTFT_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test lint bench reproduce clean
+.PHONY: demo test lint bench reproduce clean device device-aarch64
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,27 @@ reproduce: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+
+# --- the device program (csrc/device + the C core): libc and libm only, stripped ---------------
+AARCH64_CC   ?= aarch64-linux-gnu-gcc
+DEVICE_SRCS  := $(filter-out csrc/test%,$(wildcard csrc/*.c)) $(wildcard csrc/device/*.c)
+DEVICE_DEPS  := $(DEVICE_SRCS) $(wildcard csrc/*.h csrc/device/*.h)
+DEVICE_FLAGS := -std=c11 -O3 -Wall -Wextra -Icsrc -ffunction-sections -fdata-sections -Wl,--gc-sections
+
+device: build/instantft-device
+device-aarch64: build/instantft-device-aarch64
+
+build/instantft-device: $(DEVICE_DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(DEVICE_FLAGS) -s -o $@ $(DEVICE_SRCS) -lm
+
+build/instantft-device-aarch64: $(DEVICE_DEPS)
+	@command -v $(AARCH64_CC) >/dev/null || { echo "$(AARCH64_CC) not found: apt-get install gcc-aarch64-linux-gnu"; exit 1; }
+	@mkdir -p $(@D)
+	$(AARCH64_CC) $(DEVICE_FLAGS) -mcpu=cortex-a53 -s -o $@ $(DEVICE_SRCS) -lm
+
+# the same program under AddressSanitizer + UBSan, for the bad-input tests and the fuzz run
+build/instantft-device-asan: $(DEVICE_DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(DEVICE_FLAGS:-O3=-O1) -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+		-o $@ $(DEVICE_SRCS) -lm

@@ -22,6 +22,7 @@
 
 #include "../instantft.h"
 #include "safetensors.h"
+#include "sha256.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this reader copies it as is"
@@ -226,6 +227,46 @@ static int64_t evaluate(st_file *st, const ift_chain *chain, const ift_adapters 
     return correct;
 }
 
+static int by_name(const void *a, const void *b) {
+    return strcmp(((const st_out_tensor *)a)->name, ((const st_out_tensor *)b)->name);
+}
+
+/* fileio.tensors_sha256: for each tensor in sorted name order, "name:(d0, d1):torch.float32"
+ * then its bytes. (Sorts ts.) */
+static void tensors_sha256(st_out_tensor *ts, int n, char hex[65]) {
+    qsort(ts, (size_t)n, sizeof *ts, by_name);
+    sha256_ctx c;
+    sha256_init(&c);
+    for (int i = 0; i < n; i++) {
+        char head[160];
+        int len = snprintf(head, sizeof head, "%s:(", ts[i].name);
+        uint64_t numel = 1;
+        for (int d = 0; d < ts[i].ndim; d++) {
+            len += snprintf(head + len, sizeof head - (size_t)len, "%s%llu", d ? ", " : "", (unsigned long long)ts[i].shape[d]);
+            numel *= ts[i].shape[d];
+        }
+        len += snprintf(head + len, sizeof head - (size_t)len, "%s):torch.float32", ts[i].ndim == 1 ? "," : "");
+        sha256_update(&c, head, (size_t)len);
+        sha256_update(&c, ts[i].data, (size_t)numel * sizeof(float));
+    }
+    sha256_hex(&c, hex);
+}
+
+/* The adapter record: the bundle's (a JSON object, as `finetune --save-adapter` writes it, less
+ * the hash) with "tensors_sha256" of the trained tensors appended. */
+static char *adapter_record(const char *base, const char *hex) {
+    size_t n = strlen(base);
+    while (n && (base[n - 1] == ' ' || base[n - 1] == '\n')) n--;
+    if (n < 2 || base[0] != '{' || base[n - 1] != '}') die("%s: metadata adapter_record is not a JSON object", bundle_path);
+    int empty = 1;
+    for (size_t i = 1; i + 1 < n; i++)
+        if (base[i] != ' ') empty = 0;
+    char *out = xmalloc(n + 100);
+    memcpy(out, base, n - 1);
+    snprintf(out + n - 1, 100, "%s\"tensors_sha256\": \"%s\"}", empty ? "" : ", ", hex);
+    return out;
+}
+
 static void print_json_string(const char *s) {
     putchar('"');
     for (; *s; s++) {
@@ -278,6 +319,7 @@ int main(int argc, char **argv) {
     int64_t block = meta_int(&st, "block_size", 2, 1 << 16);
     if (block % 2) die("%s: block_size must be even", bpath);
     const char *record = meta(&st, "adapter_record");
+    free(adapter_record(record, "0")); /* malformed: fail now, not after training */
     probe_writable(apath);
 
     static model m;
@@ -408,8 +450,11 @@ int main(int argc, char **argv) {
         out[2 * k] = (st_out_tensor){names[2 * k], ST_F32, 2, {(uint64_t)rank, (uint64_t)d}, a};
         out[2 * k + 1] = (st_out_tensor){names[2 * k + 1], ST_F32, 2, {(uint64_t)C, (uint64_t)rank}, b};
     }
-    char err[ST_ERR_LEN];
-    if (st_write_atomic(apath, out, (int)(2 * K), ADAPTER_KEY, record, err)) die("%s", err);
+    char hex[65], err[ST_ERR_LEN];
+    tensors_sha256(out, (int)(2 * K), hex);
+    char *full_record = adapter_record(record, hex);
+    if (st_write_atomic(apath, out, (int)(2 * K), ADAPTER_KEY, full_record, err)) die("%s", err);
+    free(full_record);
 
     printf("{\"method\": ");
     print_json_string(method);

@@ -194,8 +194,8 @@ static int parse_tensor(scan *s, st_tensor *t) {
                 if (read_uint_array(s, t->shape, ST_MAX_DIMS, &t->ndim)) return -1;
                 have_shape = 1;
             } else if (strcmp(key, "data_offsets") == 0 && !have_offsets) {
-                uint64_t off[2];
-                int n;
+                uint64_t off[2] = {0, 0};
+                int n = 0;
                 if (read_uint_array(s, off, 2, &n)) return -1;
                 if (n != 2) return fail(s->st, "tensor %s: data_offsets must have 2 entries", t->name);
                 t->begin = off[0], t->end = off[1];
@@ -377,7 +377,8 @@ int st_open(st_file *st, const char *path) {
     if (rc) {
         memcpy(why, st->err, sizeof why);
         st_close(st);
-        snprintf(st->err, sizeof st->err, "%s: %s", path, why);
+        size_t n = (size_t)snprintf(st->err, sizeof st->err, "%s: ", path);
+        if (n < sizeof st->err) strncat(st->err, why, sizeof st->err - n - 1);
         return -1;
     }
     return 0;
