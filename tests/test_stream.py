@@ -268,3 +268,24 @@ def test_capacity_units():
     assert parse_capacity("1KiB") == (1024, True)
     with pytest.raises(InstantFTError):
         parse_capacity("1.5")
+
+
+def test_study_summary_from_runs(backbone, tmp_path):
+    from instantft.experiments import stream_study as study
+
+    runs = []
+    for method in ("instantft", "lora-all"):
+        for seed in (0, 1):
+            r = run_stream(small(method=method, seed=seed), backbone=backbone)
+            entry = {"key": str((method, seed)), "group": "main", "schedule": "abrupt", "method": method,
+                     "overrides": {}, "seed": seed}  # fmt: skip
+            entry.update(study.compact(r, keep_curve=True))
+            runs.append(entry)
+    rows = study.aggregate(runs)
+    assert {r["method"] for r in rows} == {"instantft", "lora-all"} and all(r["seeds"] == 2 for r in rows)
+    tg = study.targets(rows, runs)
+    assert tg[0]["target"].startswith("abrupt: InstantFT") and isinstance(tg[0]["met"], bool)
+    text = study.markdown(rows, tg, {"command": "x", "seeds": 2}, [])
+    assert "| instantft |" in text and "| lora-all |" in text
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(runs[0]["correct_bits"]), dtype=np.uint8))[:120]
+    assert abs(bits.mean() - runs[0]["online_accuracy"]) < 1e-9

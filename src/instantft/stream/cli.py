@@ -51,9 +51,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def summary_line(report: dict[str, Any]) -> str:
     lat = report["latency_ms"]
     f = report["forgetting"]
+    timing = "" if lat["median"] is None else f" (latency median {lat['median']:.1f} ms, p95 {lat['p95']:.1f} ms)"
     return (
-        f"online accuracy {report['online_accuracy']:.4f}; {report['adaptations']} adaptations "
-        f"(latency median {lat['median']:.1f} ms, p95 {lat['p95']:.1f} ms); cache {report['cache_bytes']:,} B; "
+        f"online accuracy {report['online_accuracy']:.4f}; {report['adaptations']} adaptations{timing}; "
+        f"cache {report['cache_bytes']:,} B; "
         f"clean accuracy {f['clean_before']:.4f} -> {f['clean_after']:.4f}"
     )
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from instantft.engine import resolve_engine
 from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, Method, create, method_names
 from instantft.stream.retention import POLICIES, BoundedCache, Retention, make_retention, parse_capacity, row_bytes
@@ -121,8 +122,9 @@ def capacity_samples(config: StreamConfig, method: Method) -> tuple[int, int]:
     if storage is not None:
         per = row_bytes(_cache_sizes(method), storage)  # type: ignore[arg-type]
     else:
-        sizes = getattr(method.base, "layer_input_sizes", None)
-        per = 4 * (sizes()[0] if callable(sizes) else 784)
+        backbone = getattr(method, "backbone", None)
+        shape = getattr(backbone, "input_shape", (1, 28, 28))
+        per = 4 * int(np.prod(shape))  # an fp32 image
     n = value // per if is_bytes else value
     if n < config.batch_size:
         what = f"{value} B holds {n} samples" if is_bytes else f"{n} samples"
@@ -131,6 +133,10 @@ def capacity_samples(config: StreamConfig, method: Method) -> tuple[int, int]:
 
 
 def _cache_sizes(method: Method) -> list[int]:
+    """The Forward Cache row layout of a cached method (its backbone's cached taps + logits)."""
+    backbone = getattr(method, "backbone", None)
+    if backbone is not None and hasattr(backbone, "cache_sizes"):
+        return list(backbone.cache_sizes)
     in_sizes: list[int] = method.in_sizes  # type: ignore[attr-defined]
     return [*in_sizes[1:], method.num_classes]  # type: ignore[attr-defined]
 
@@ -157,8 +163,9 @@ class Progress:
     stale: int
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+def percentile(values: list[float], q: float) -> float | None:
+    """None without values (JSON has no NaN)."""
+    return float(np.percentile(values, q)) if values else None
 
 
 class StreamRun:
@@ -176,7 +183,8 @@ class StreamRun:
         storage = cache_storage(self.method)
         self.cache: BoundedCache | None = None
         if storage is not None:
-            self.cache = BoundedCache(_cache_sizes(self.method), self.capacity, storage)  # type: ignore[arg-type]
+            use_numba = resolve_engine(config.engine) == "numba"
+            self.cache = BoundedCache(_cache_sizes(self.method), self.capacity, storage, use_numba)  # type: ignore[arg-type]
             self.method.cache = self.cache  # type: ignore[attr-defined]
         self.trigger = Trigger(config.adapt_every, config.detector)
 
@@ -229,6 +237,7 @@ class StreamRun:
         correct = np.zeros(n, dtype=bool)
         c_img, c_lab = s.heldout("clean")
         clean_before = _accuracy(self.method, c_img, c_lab)
+        self.rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         wall0 = time.perf_counter()
         log: list[dict[str, Any]] = []
         stale_total = 0
@@ -308,6 +317,7 @@ class StreamRun:
             "config": cfg.to_dict(),
             "stream": {"identity": s.identity, "samples": len(s), "distinct_ids": int(s.ids.max()) + 1},
             "online_accuracy": float(correct.mean()),
+            "correct_bits": np.packbits(correct).tobytes().hex(),  # arrival i: bit 7 - i % 8 of byte i // 8
             "phases": phases,
             "windowed": {"window": cfg.window, "at": list(range(step, len(win) + 1, step)),
                          "accuracy": [float(win[k - 1]) for k in range(step, len(win) + 1, step)]},
@@ -331,6 +341,7 @@ class StreamRun:
             "recovery": recovery(correct, bounds, s, cfg),
             "detector_signals": len(self.trigger.signals),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_before_run_mb": self.rss_before_mb,
             "wall_seconds": wall,
         }  # fmt: skip
 

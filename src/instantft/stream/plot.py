@@ -4,7 +4,7 @@ moments marked (matplotlib, headless)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ COLORS = {
 }
 
 
-def draw(ax: Any, runs: dict[str, Sequence[dict[str, Any]]], title: str = "", marks: bool = True) -> None:
+def draw(ax: Any, runs: Mapping[str, Sequence[dict[str, Any]]], title: str = "", marks: bool = True) -> None:
     """One panel: windowed online accuracy of each label's runs (mean over seeds)."""
     first = next(iter(runs.values()))[0]
     for n, p in enumerate(first["phases"]):
@@ -47,7 +47,7 @@ def draw(ax: Any, runs: dict[str, Sequence[dict[str, Any]]], title: str = "", ma
         ax.set_title(title, fontsize=9, pad=14)
 
 
-def plot_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike[str], title: str = "") -> Path:
+def plot_runs(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike[str], title: str = "") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -121,8 +121,8 @@ class BoundedCache(FastForwardCache):
     """A Forward Cache of at most ``capacity`` rows that counts what it computes: ``computed``
     rows in all, ``recomputed`` of them for ids it had held before and evicted."""
 
-    def __init__(self, sizes: Sequence[int], capacity: int, storage: Storage = "fp32") -> None:
-        super().__init__(sizes, capacity, storage)
+    def __init__(self, sizes: Sequence[int], capacity: int, storage: Storage = "fp32", use_numba: bool = True) -> None:
+        super().__init__(sizes, capacity, storage, use_numba=use_numba)
         self.computed = 0
         self.recomputed = 0
         self.evicted = 0
