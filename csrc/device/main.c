@@ -1,4 +1,4 @@
-/* instantft-device DIR [--threads N]: fine-tune on the board.
+/* instantft-device DIR [--threads N] [--dump-cache FILE]: fine-tune on the board.
  *
  * Reads DIR/bundle.safetensors (written by `instantft export`: the frozen chain backbone, the
  * initial adapters, the batch schedule, the fine-tuning and evaluation images as uint8),
@@ -6,7 +6,9 @@
  * and after, writes DIR/adapter.safetensors atomically (the file `instantft evaluate --adapter`
  * reads) and prints one JSON line. Bad input: one `error: ...` line on stderr, exit 2, and
  * nothing written. Needs libc and libm only; the evaluation set is streamed in chunks so the
- * peak memory is the fine-tuning images (as float) + the cache + the weights. */
+ * peak memory is the fine-tuning images (as float) + the cache + the weights.
+ * --dump-cache FILE also writes the filled Forward Cache (NF4 codes + absmax, or fp32 rows, in
+ * sample order) as safetensors: to compare builds (x86 vs aarch64) byte for byte. */
 #define _POSIX_C_SOURCE 200809L
 #define _FILE_OFFSET_BITS 64
 #include <errno.h>
@@ -37,13 +39,17 @@
 
 static const char *bundle_path;
 
+/* One line on stderr, exit 2. Control characters (a bundle's names may hold escaped ones) are
+ * shown as '?', so the message stays one line. */
 static void die(const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    fputs("error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    for (char *p = msg; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
+    fprintf(stderr, "error: %s\n", msg);
     exit(2);
 }
 
@@ -267,6 +273,34 @@ static char *adapter_record(const char *base, const char *hex) {
     return out;
 }
 
+/* The cache in sample order (row i = fine-tuning sample i), as safetensors. */
+static void dump_cache(const ift_cache *c, const int64_t *slot_of, int64_t n, const char *path) {
+    char err[ST_ERR_LEN];
+    st_out_tensor t[2];
+    void *a = NULL, *b = NULL;
+    int count;
+    if (c->storage == IFT_NF4) {
+        size_t cb = (size_t)(c->blocks * c->block_size / 2), nb = (size_t)c->blocks;
+        uint8_t *codes = xmalloc((size_t)n * cb);
+        float *absmax = xmalloc((size_t)n * nb * sizeof *absmax);
+        for (int64_t i = 0; i < n; i++) {
+            memcpy(codes + (size_t)i * cb, c->codes + (size_t)slot_of[i] * cb, cb);
+            memcpy(absmax + (size_t)i * nb, c->absmax + (size_t)slot_of[i] * nb, nb * sizeof *absmax);
+        }
+        t[0] = (st_out_tensor){"absmax", ST_F32, 2, {(uint64_t)n, nb}, absmax};
+        t[1] = (st_out_tensor){"codes", ST_U8, 2, {(uint64_t)n, cb}, codes};
+        a = codes, b = absmax, count = 2;
+    } else {
+        size_t w = (size_t)c->width;
+        float *rows = xmalloc((size_t)n * w * sizeof *rows);
+        for (int64_t i = 0; i < n; i++) memcpy(rows + (size_t)i * w, c->rows + (size_t)slot_of[i] * w, w * sizeof *rows);
+        t[0] = (st_out_tensor){"rows", ST_F32, 2, {(uint64_t)n, w}, rows};
+        a = rows, count = 1;
+    }
+    if (st_write_atomic(path, t, count, NULL, NULL, err)) die("%s", err);
+    free(a), free(b);
+}
+
 static void print_json_string(const char *s) {
     putchar('"');
     for (; *s; s++) {
@@ -278,7 +312,7 @@ static void print_json_string(const char *s) {
 }
 
 int main(int argc, char **argv) {
-    const char *dir = NULL;
+    const char *dir = NULL, *dump = NULL;
     int threads = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
@@ -286,8 +320,10 @@ int main(int argc, char **argv) {
             long t = strtol(argv[++i], &end, 10);
             if (*end || t < 1 || t > 1024) die("--threads must be an integer >= 1, got %s", argv[i]);
             threads = (int)t;
+        } else if (strcmp(argv[i], "--dump-cache") == 0 && i + 1 < argc) {
+            dump = argv[++i];
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: instantft-device DIR [--threads N]\n"
+            printf("usage: instantft-device DIR [--threads N] [--dump-cache FILE]\n"
                    "Fine-tune the skip adapters of the bundle in DIR (from `instantft export`),\n"
                    "write DIR/adapter.safetensors and print one JSON line. Kernels: %s\n",
                    ift_build_info());
@@ -321,6 +357,7 @@ int main(int argc, char **argv) {
     const char *record = meta(&st, "adapter_record");
     free(adapter_record(record, "0")); /* malformed: fail now, not after training */
     probe_writable(apath);
+    if (dump) probe_writable(dump);
 
     static model m;
     load_chain(&st, &m);
@@ -431,6 +468,7 @@ int main(int argc, char **argv) {
     check_finite(A, (size_t)(R * D), "the trained A");
     check_finite(B, (size_t)(C * K * R), "the trained B");
     int64_t cache_bytes = ift_cache_nbytes(&cache);
+    if (dump) dump_cache(&cache, slot_of, N, dump);
     ift_cache_free(&cache);
 
     int64_t after = evaluate(&st, chain, &ad, evi, eval_labels, M, threads);

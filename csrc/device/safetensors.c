@@ -69,6 +69,25 @@ static int hex4(const char *p, unsigned *out) {
     return 0;
 }
 
+/* Length of the well-formed UTF-8 sequence at p (2..4 bytes; no overlong forms, surrogates or
+ * code points above U+10FFFF), or -1. */
+static int utf8_length(const char *p, const char *end) {
+    const unsigned char *u = (const unsigned char *)p;
+    int n;
+    unsigned cp;
+    if (u[0] >= 0xC2 && u[0] <= 0xDF) n = 2, cp = u[0] & 0x1F;
+    else if (u[0] >= 0xE0 && u[0] <= 0xEF) n = 3, cp = u[0] & 0x0F;
+    else if (u[0] >= 0xF0 && u[0] <= 0xF4) n = 4, cp = u[0] & 0x07;
+    else return -1;
+    if (end - p < n) return -1;
+    for (int i = 1; i < n; i++) {
+        if ((u[i] & 0xC0) != 0x80) return -1;
+        cp = (cp << 6) | (u[i] & 0x3F);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return -1;
+    return n;
+}
+
 /* Decode a JSON string into the arena; *out points at the NUL-terminated result. */
 static int read_string(scan *s, char **out, size_t max_len) {
     if (expect(s, '"')) return -1;
@@ -79,8 +98,13 @@ static int read_string(scan *s, char **out, size_t max_len) {
         if (c == '"') break;
         if (c < 0x20) return fail(s->st, "bad header JSON: control character in a string");
         unsigned cp;
-        if (c != '\\') {
-            cp = c; /* raw byte (UTF-8 passes through unchanged) */
+        if (c >= 0x80) { /* a UTF-8 sequence: checked, then copied unchanged */
+            int len = utf8_length(s->p - 1, s->end);
+            if (len < 0) return fail(s->st, "bad header JSON: invalid UTF-8 in a string");
+            if (s->arena_end - dst < len) return fail(s->st, "bad header JSON: string arena exhausted");
+            memcpy(dst, s->p - 1, (size_t)len);
+            dst += len, s->p += len - 1;
+        } else if (c != '\\') {
             if (dst >= s->arena_end) return fail(s->st, "bad header JSON: string arena exhausted");
             *dst++ = (char)c;
         } else {
