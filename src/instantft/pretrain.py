@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from instantft.data import ImageSet, pretraining_set
 from instantft.errors import InstantFTError
-from instantft.models import ARCH_FOR_DATASET, LeNet5, accuracy, build, predict, save_checkpoint
+from instantft.models import FAMILIES, accuracy, arch_for, build, predict, save_checkpoint
 from instantft.progress import progress_bar
 
 
@@ -25,16 +26,22 @@ class PretrainConfig:
     batch_size: int = 20
     lr: float | None = None  # None: the paper's (0.1, or 0.025 for SVHN)
     seed: int = 0
+    backbone: str = "lenet5"  # the architecture family (models.FAMILIES): lenet5, mlp, resnet8
 
     def __post_init__(self) -> None:
-        if self.dataset not in ARCH_FOR_DATASET:
-            raise InstantFTError(f"unknown dataset {self.dataset!r}; valid: {', '.join(ARCH_FOR_DATASET)}")
+        if self.backbone not in FAMILIES:
+            raise InstantFTError(f"unknown backbone {self.backbone!r}; valid: {', '.join(FAMILIES)}")
+        arch_for(self.backbone, self.dataset)  # one line if this family has no network for the dataset
         if self.epochs < 1:
             raise InstantFTError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise InstantFTError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise InstantFTError(f"--lr must be a finite number > 0, got {self.lr}")
+
+    @property
+    def arch(self) -> str:
+        return arch_for(self.backbone, self.dataset)
 
     @property
     def learning_rate(self) -> float:
@@ -46,17 +53,18 @@ def pretrain(
     data: tuple[ImageSet, ImageSet] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     show_progress: bool = True,
-) -> tuple[LeNet5, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train a fresh backbone; return it and its checkpoint metadata (with test accuracy)."""
     train, test = data if data is not None else pretraining_set(config.dataset, config.samples, data_dir=data_dir)
     torch.manual_seed(config.seed)
-    model = build(ARCH_FOR_DATASET[config.dataset])
+    model = build(config.arch)
+    model.train()  # BatchNorm learns its statistics here, and only here
     opt = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
     gen = torch.Generator().manual_seed(config.seed)
     n, bs = len(train), config.batch_size
     steps = math.ceil(n / bs)
     with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"pretrain {config.dataset}", total=config.epochs * steps, status="")
+        task = bar.add_task(f"pretrain {config.arch} on {config.dataset}", total=config.epochs * steps, status="")
         for epoch in range(config.epochs):
             perm = torch.randperm(n, generator=gen)
             loss_sum, correct = 0.0, 0
