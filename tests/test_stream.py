@@ -289,3 +289,14 @@ def test_study_summary_from_runs(backbone, tmp_path):
     assert "| instantft |" in text and "| lora-all |" in text
     bits = np.unpackbits(np.frombuffer(bytes.fromhex(runs[0]["correct_bits"]), dtype=np.uint8))[:120]
     assert abs(bits.mean() - runs[0]["online_accuracy"]) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["mlp-mnist", "resnet8-mnist"])
+def test_stream_runs_on_other_backbones(name):
+    from instantft.backbones import create_backbone
+
+    bb = create_backbone(name)  # fresh weights: the mechanics, not the accuracy
+    report = run_stream(small(cache_capacity="30", adapt_every=30), backbone=bb.model)
+    row = sum(bb.cache_sizes)
+    assert report["adaptations"] == 4 and report["cache"]["computed"] == 120
+    assert report["cache_bytes"] == 30 * ((row + 63) // 64 * 36)  # NF4: 32 code + 4 scale bytes a block

@@ -103,8 +103,7 @@ def _run_live(config: Any) -> dict[str, Any]:
 
     def table(p: Progress | None) -> Table:
         t = Table(title=f"instantft stream: {config.method} on {config.dataset} / {config.schedule}")
-        for col in ("arrivals", "phase", f"accuracy (last {config.window})", "accuracy (all)", "adaptations",
-                    "last adaptation", "stale arrivals"):  # fmt: skip
+        for col in ("arrivals", "phase", f"acc. last {config.window}", "acc. all", "adapt.", "last adapt.", "stale"):
             t.add_column(col)
         if p is not None:
             last = "-" if p.last_latency_ms is None else f"{p.last_latency_ms:.1f} ms"
