@@ -1,249 +1,307 @@
-"""The ``instantft`` command line: each subcommand is a plain function taking parsed arguments.
+"""The ``instantft`` command line, derived from the typed settings in :mod:`instantft.config`.
 
-User errors (:class:`InstantFTError`) print one line, ``error: ...``, and exit with status 2.
-Subcommands living elsewhere (table1, reproduce, bench) register through :data:`PARSERS`.
+Each subcommand is a typed function; cyclopts turns its parameters into flags, and the config
+dataclasses into flattened groups of flags whose help is each field's docstring (one place for
+a flag, its type, its help and its range check). User errors (:class:`InstantFTError`, a bad
+flag or value) print one line, ``error: ...``, and exit with status 2.
+
+Subcommands living elsewhere (reproduce, table1, bench, ...) register through :data:`PARSERS`:
+an ``add_X(sub)`` function adding an argparse parser with ``sub.add_parser(...)`` and
+``set_defaults(func=...)``. They are parsed by :class:`Parser`, argparse with the same one-line
+errors and with negative numbers such as ``-1e-3`` read as values.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import json as jsonlib
+import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn
 
+from cyclopts import App, Parameter
+from cyclopts.exceptions import CycloptsError
+
+from instantft.config import (
+    AdapterConfig,
+    CacheConfig,
+    LoopConfig,
+    ModelConfig,
+    NumericsConfig,
+    RunConfig,
+    RuntimeConfig,
+    TaskConfig,
+    TrainingConfig,
+    check_int,
+)
 from instantft.errors import InstantFTError
-
-if TYPE_CHECKING:
-    from instantft.methods import FineTuneConfig
 
 Sub = Any  # argparse's private _SubParsersAction
 
+# the config groups, flattened: --rank, not --adapter.rank
+Task = Annotated[TaskConfig, Parameter(name="*")]
+Model = Annotated[ModelConfig, Parameter(name="*")]
+Training = Annotated[TrainingConfig, Parameter(name="*")]
+Loop = Annotated[LoopConfig, Parameter(name="*")]
+Adapter = Annotated[AdapterConfig, Parameter(name="*")]
+Cache = Annotated[CacheConfig, Parameter(name="*")]
+FIXED_GROUP = "Fixed-point numerics (the FPGA datapath, instantft only)"
+Numerics = Annotated[NumericsConfig, Parameter(name="*", group=FIXED_GROUP)]
+Runtime = Annotated[RuntimeConfig, Parameter(name="*")]
+Json = Annotated[bool, Parameter(negative="", help="Print exactly one JSON object (no progress bar, no table).")]
+# frozen, so one default instance serves every call
+NO_TASK = TaskConfig()
+NO_MODEL = ModelConfig()
+NO_TRAINING = TrainingConfig()
+NO_LOOP = LoopConfig()
+NO_ADAPTER = AdapterConfig()
+NO_CACHE = CacheConfig()
+NO_NUMERICS = NumericsConfig()
+NO_RUNTIME = RuntimeConfig()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class UsageError(InstantFTError):
+    """A flag or value the parser refuses."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for the subcommands registered through :data:`PARSERS`: a usage error is one
+    line (raised, printed by :func:`main`), and ``-1e-3`` / ``-.5`` / ``-inf`` are values."""
+
+    NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NEGATIVE
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {_one_line(message)}")
+
 
 def common() -> argparse.ArgumentParser:
-    """Options every subcommand takes."""
-    p = argparse.ArgumentParser(add_help=False)
+    """Options every argparse subcommand takes (``parents=[common()]``)."""
+    p = Parser(add_help=False)
     p.add_argument("--data-dir", default=None, help="where dataset files are looked for first")
     return p
 
 
+app = App(
+    name="instantft",
+    help="Fine-tune PyTorch classifiers with Skip-LoRA adapters and a Forward Cache (InstantFT / Skip2-LoRA).",
+    exit_on_error=False,
+    print_error=False,
+    help_on_error=False,
+    result_action="return_value",
+)
+
+
+def _inputs(*paths: Any) -> list[Any]:
+    return [p for p in paths if p is not None]
+
+
 # --- pretrain ---------------------------------------------------------------------------------
-def cmd_pretrain(args: argparse.Namespace) -> int:
+@app.command
+def pretrain(
+    *,
+    dataset: Literal["mnist", "fmnist", "svhn"],
+    samples: int | None = None,
+    seed: int = 0,
+    training: Training = NO_TRAINING,
+    out: Path | None = None,
+    runtime: Runtime = NO_RUNTIME,
+    json: Json = False,
+) -> int:
+    """Pre-train a LeNet-5 backbone (paper §5.1).
+
+    Parameters
+    ----------
+    dataset
+        Base dataset.
+    samples
+        First N training samples (default: all).
+    seed
+        Weight init and batch order seed, 0 <= seed < 2**63.
+    out
+        Checkpoint file (default lenet5-DATASET.safetensors).
+    """
+    from instantft.config import SEED_LIMIT, check_steps
+    from instantft.data.files import existing_files
     from instantft.fileio import ensure_writable
     from instantft.pretrain import PretrainConfig, pretrain_to_file
 
-    config = PretrainConfig(args.dataset, args.samples, args.epochs, args.batch_size, args.lr, args.seed)
-    from instantft.data.files import existing_files
-
-    out = ensure_writable(args.out or f"lenet5-{args.dataset}.safetensors", existing_files(args.dataset, args.data_dir))
-    meta = pretrain_to_file(config, out, data_dir=args.data_dir, show_progress=not args.json)
-    if args.json:
-        print(json.dumps({**meta, "out": str(out)}))
+    check_int("--seed", seed, 0, SEED_LIMIT - 1, "seeds are 63-bit")
+    check_int("--samples", samples, 1, 2**31 - 1)
+    epochs, batch = training.epochs or 10, training.batch_size or 20
+    check_steps(epochs, samples or 604_388, batch)  # without --samples: bounded by the largest split (SVHN extra)
+    _threads(runtime)
+    config = PretrainConfig(dataset, samples, epochs, batch, training.lr, seed)
+    target = ensure_writable(out or f"lenet5-{dataset}.safetensors", existing_files(dataset, runtime.data_dir))
+    meta = pretrain_to_file(config, target, data_dir=runtime.data_dir, show_progress=not json)
+    if json:
+        print(jsonlib.dumps({**meta, "out": str(target)}))
     else:
-        print(f"test accuracy {meta['test_accuracy']:.4f}; checkpoint written to {out}")
+        print(f"test accuracy {meta['test_accuracy']:.4f}; checkpoint written to {target}")
     return 0
 
 
-def add_pretrain(sub: Sub) -> None:
-    p = sub.add_parser("pretrain", parents=[common()], help="pre-train a LeNet-5 backbone (paper §5.1)")
-    p.add_argument("--dataset", choices=["mnist", "fmnist", "svhn"], required=True)
-    p.add_argument("--samples", type=int, default=None, help="first N training samples (default: all)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=20)
-    p.add_argument("--lr", type=float, default=None, help="default 0.1 (0.025 for svhn)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="checkpoint file (default lenet5-DATASET.safetensors)")
-    p.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
-    p.set_defaults(func=cmd_pretrain)
+def _threads(runtime: RuntimeConfig) -> None:
+    if runtime.threads is not None:
+        import torch
+
+        torch.set_num_threads(runtime.threads)
 
 
 # --- finetune ---------------------------------------------------------------------------------
-def add_finetune_options(p: argparse.ArgumentParser) -> None:
-    """The fine-tuning hyper-parameters (FineTuneConfig), shared by finetune and reproduce."""
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 4)")
-    p.add_argument("--epochs", type=int, default=None, help="default 10")
-    p.add_argument("--batch-size", type=int, default=None, help="default 20")
-    p.add_argument("--lr", type=float, default=None, help="default 0.1 (svhn 0.025)")
-    p.add_argument("--scale", type=float, default=None, help="LoRA output multiplier alpha/r (default 1)")
-    p.add_argument("--init", choices=["gaussian", "kaiming"], default=None, help="init of A (default gaussian)")
-    p.add_argument("--init-std", type=float, default=None, help="std of the Gaussian init of A")
-    p.add_argument("--init-seed", type=int, default=None, help="adapter init seed (default: --seed)")
-    p.add_argument(
-        "--drop-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="drop each epoch's last partial batch (default: drop)",
-    )
-    p.add_argument("--cache-fill", choices=["batched", "lazy"], default=None)
-    p.add_argument("--cache-max-bytes", type=int, default=None, help="fail if the forward cache grows past this")
-    p.add_argument(
-        "--engine",
-        choices=["auto", "numba", "torch", "reference"],
-        default=None,
-        help="training loop of skip-lora/skip2-lora/instantft (default auto: numba if installed, else torch)",
-    )
+@app.command
+def finetune(
+    *,
+    method: str,
+    task: Task = NO_TASK,
+    model: Model = NO_MODEL,
+    training: Training = NO_TRAINING,
+    loop: Loop = NO_LOOP,
+    adapter: Adapter = NO_ADAPTER,
+    cache: Cache = NO_CACHE,
+    numerics: Numerics = NO_NUMERICS,
+    runtime: Runtime = NO_RUNTIME,
+    save_adapter: Path | None = None,
+    json: Json = False,
+) -> int:
+    """Fine-tune a backbone on drifted data (a built-in task) or on your own data and model.
 
-
-def config_from_args(args: argparse.Namespace, dataset: str, seed: int) -> FineTuneConfig:
-    from instantft.run import config_for
-
-    return config_for(
-        dataset,
-        seed=seed,
-        rank=args.rank,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        scale=args.scale,
-        init=args.init,
-        init_std=args.init_std,
-        init_seed=args.init_seed,
-        drop_last=args.drop_last,
-        cache_fill=args.cache_fill,
-        cache_max_bytes=args.cache_max_bytes,
-        engine=args.engine,
-    )
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
+    Parameters
+    ----------
+    method
+        none, ft-all, ft-last, ft-bias, lora-all, lora-last, skip-lora, skip2-lora or instantft.
+    save_adapter
+        Write the trained tensors here (.safetensors + JSON record).
+    """
     from instantft.methods import method_names
-    from instantft.methods.adapter_io import save_adapter
-    from instantft.run import finetune
 
-    if args.method not in method_names():
-        raise InstantFTError(f"unknown method {args.method!r}; valid: {', '.join(method_names())}")
-    from instantft.fileio import ensure_writable
-    from instantft.fixedpoint import describe, numerics_config
-
-    if args.save_adapter:
+    if method not in method_names():
+        raise InstantFTError(f"unknown method {method!r}; valid: {', '.join(method_names())}")
+    run = RunConfig(method, task, model, training, loop, adapter, cache, numerics, runtime)
+    fixed = numerics.fixed()  # option errors before any data is read
+    if save_adapter is not None:
         from instantft.data.files import existing_files
+        from instantft.fileio import ensure_writable
         from instantft.run import base_dataset
 
-        inputs = [args.checkpoint, *existing_files(base_dataset(args.dataset), args.data_dir)]
-        ensure_writable(args.save_adapter, inputs)
-    if args.threads is not None and args.threads < 1:
-        raise InstantFTError(f"--threads must be >= 1, got {args.threads}")
-    config = config_from_args(args, args.dataset, args.seed)
-    fixed = numerics_config(
-        args.numerics, args.act_format, args.param_format, args.rounding, args.softmax_table_size, args.softmax_range
-    )
-    result = finetune(
-        args.method,
-        args.dataset,
-        angle=args.angle,
-        samples=args.samples,
-        config=config,
-        checkpoint=args.checkpoint,
-        eval_samples=args.eval_samples,
-        data_dir=args.data_dir,
-        threads=args.threads,
-        numerics=args.numerics,
-        fixed=fixed,
-    )
+        found = existing_files(base_dataset(task.dataset), runtime.data_dir) if task.dataset else []
+        ensure_writable(save_adapter, _inputs(model.checkpoint, model.weights, task.data, *found))
+    from instantft.fixedpoint import describe
+    from instantft.methods.adapter_io import save_adapter as write_adapter
+    from instantft.run import run_config
+
+    result = run_config(run)
     record = result.record
-    if args.save_adapter:
-        task = {k: record[k] for k in ("dataset", "angle", "seed", "samples")}
-        extra = {"task": {**task, "eval_samples": args.eval_samples}, "numerics": args.numerics}
+    if save_adapter is not None:
+        picked = {k: record[k] for k in ("dataset", "angle", "seed", "samples")}
+        source = {"data": str(task.data), "model": model.model, "taps": model.taps} if task.data else {}
+        extra: dict[str, Any] = {"task": {**picked, "eval_samples": task.eval_samples, **source},
+                                 "numerics": numerics.numerics}
         if fixed is not None:
             extra["fixed"] = fixed.to_dict()
-        save_adapter(args.save_adapter, result.method, extra)
-        record["adapter"] = str(args.save_adapter)
-    if args.json:
-        print(json.dumps(record))
+        write_adapter(save_adapter, result.method, extra, tuple(_inputs(model.checkpoint, model.weights, task.data)))
+        record["adapter"] = str(save_adapter)
+    if json:
+        print(jsonlib.dumps(record))
     else:
         from instantft.tables import print_runs
 
-        print_runs([record], title=f"{args.dataset} {record['angle']:g}°, seed {args.seed}")
+        angle = f" {record['angle']:g}°" if task.dataset else ""
+        print_runs([record], title=f"{record['dataset']}{angle}, seed {record['seed']}")
         print(describe(record))
     return 0
 
 
-def add_finetune(sub: Sub) -> None:
-    p = sub.add_parser("finetune", parents=[common()], help="fine-tune a backbone on drifted data")
-    p.add_argument("--dataset", required=True, help="rotmnist, rotfmnist or svhn")
-    p.add_argument(
-        "--method",
-        required=True,
-        help="none, ft-all, ft-last, ft-bias, lora-all, lora-last, skip-lora, skip2-lora, instantft",
-    )
-    p.add_argument("--angle", type=float, default=None, help="rotation in degrees (rot* datasets; default 90)")
-    p.add_argument("--samples", type=int, default=1024, help="fine-tuning samples")
-    p.add_argument("--eval-samples", type=int, default=None, help="limit the evaluation set (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default=None, help="backbone (default: the bundled one)")
-    p.add_argument("--save-adapter", default=None, help="write the trained tensors here (.safetensors)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    add_finetune_options(p)
-    fx = p.add_argument_group("fixed-point numerics (the FPGA datapath, instantft only)")
-    fx.add_argument("--numerics", choices=["float", "fixed"], default="float", help="default float")
-    fx.add_argument("--act-format", default=None, help="activations, Qm.n with m counting the sign (default Q8.16)")
-    fx.add_argument("--param-format", default=None, help="parameters and gradients (default Q4.12)")
-    fx.add_argument("--rounding", choices=["round-half-up", "truncate"], default=None, help="default round-half-up")
-    fx.add_argument("--softmax-table-size", type=int, default=None, help="entries per softmax table (default 1024)")
-    fx.add_argument("--softmax-range", type=float, default=None, help="exp table input range (default 8)")
-    p.set_defaults(func=cmd_finetune)
-
-
 # --- evaluate ---------------------------------------------------------------------------------
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Base + adapter on the evaluation set of the task the adapter was fine-tuned on (its file
-    records dataset, angle, split seed and sizes); options given override the record."""
-    from instantft.data import make_task
+@app.command
+def evaluate(
+    *,
+    adapter: Path,
+    task: Task = NO_TASK,
+    model: Model = NO_MODEL,
+    runtime: Runtime = NO_RUNTIME,
+    json: Json = False,
+) -> int:
+    """Evaluate a backbone + adapter on the evaluation set of the task it was fine-tuned on.
+
+    The adapter file records the dataset (or data file), angle, split seed and sizes; options
+    given override the record, so it scores exactly the images held out when fine-tuning.
+
+    Parameters
+    ----------
+    adapter
+        Adapter file written by finetune --save-adapter.
+    """
     from instantft.methods.adapter_io import load_adapter, read_adapter_record
     from instantft.models import accuracy
-    from instantft.run import load_backbone
+    from instantft.run import prepare
 
-    trained = read_adapter_record(args.adapter).get("task", {})
-    dataset = args.dataset or trained.get("dataset")
-    if dataset is None:
-        raise InstantFTError(f"{args.adapter}: adapter records no dataset; pass --dataset")
-    if trained.get("dataset") not in (None, dataset):
-        raise InstantFTError(f"{args.adapter}: adapter was fine-tuned on {trained['dataset']}, not {dataset}")
-    pick = {k: getattr(args, k) if getattr(args, k) is not None else trained.get(k, d)
-            for k, d in (("angle", None), ("samples", 1024), ("seed", 0), ("eval_samples", None))}
-    model, _ = load_backbone(dataset, args.checkpoint)
-    method, record = load_adapter(args.adapter, model)
-    task = make_task(dataset, data_dir=args.data_dir, **pick)
-    acc = accuracy(method.logits(task.evaluate.images), task.evaluate.labels)
-    out = {"method": record["method"], "numerics": record.get("numerics", "float"), "dataset": dataset,
-           "angle": task.angle, "seed": pick["seed"], "eval_samples": len(task.evaluate), "accuracy": acc}
-    if args.json:
-        print(json.dumps(out))
+    trained = read_adapter_record(adapter).get("task", {})
+    if not isinstance(trained, dict):
+        raise InstantFTError(f"{adapter}: adapter metadata is malformed (task is not an object)")
+    data = task.data if task.data is not None else (Path(trained["data"]) if trained.get("data") else None)
+    dataset = None if data is not None else (task.dataset or trained.get("dataset"))
+    if dataset is None and data is None:
+        raise InstantFTError(f"{adapter}: adapter records no dataset; pass --dataset")
+    if dataset is not None and trained.get("dataset") not in (None, dataset):
+        raise InstantFTError(f"{adapter}: adapter was fine-tuned on {trained['dataset']}, not {dataset}")
+
+    def pick(name: str, default: Any) -> Any:
+        given = getattr(task, name)
+        return given if given is not None else trained.get(name, default)
+
+    picked = TaskConfig(
+        dataset=dataset, data=data, angle=pick("angle", None) if data is None else None,
+        samples=pick("samples", None if data is not None else 1024), eval_samples=pick("eval_samples", None),
+        seed=pick("seed", 0),
+    )
+    if data is not None and model.model is None and trained.get("model"):
+        model = replace(model, model=trained["model"], taps=trained.get("taps") or model.taps)
+    (backbone, _), drift = prepare(RunConfig("none", picked, model, runtime=runtime))
+    method, record = load_adapter(adapter, backbone)
+    acc = accuracy(method.logits(drift.evaluate.images), drift.evaluate.labels)
+    name = dataset or drift.dataset
+    out = {"method": record["method"], "numerics": record.get("numerics", "float"), "dataset": name,
+           "angle": drift.angle, "seed": picked.seed, "eval_samples": len(drift.evaluate), "accuracy": acc}
+    if json:
+        print(jsonlib.dumps(out))
     else:
-        print(f"{record['method']} on {dataset} {task.angle:g}° (split seed {pick['seed']}, {len(task.evaluate)} "
+        print(f"{record['method']} on {name} {drift.angle:g}° (split seed {picked.seed}, {len(drift.evaluate)} "
               f"evaluation images): accuracy {acc:.4f}")
     return 0
 
 
-def add_evaluate(sub: Sub) -> None:
-    p = sub.add_parser("evaluate", parents=[common()], help="evaluate a backbone + adapter on the evaluation set")
-    p.add_argument("--checkpoint", default=None, help="backbone (default: the bundled one)")
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--dataset", default=None, help="default: the adapter's")
-    p.add_argument("--angle", type=float, default=None, help="default: the adapter's")
-    p.add_argument("--samples", type=int, default=None, help="fine-tuning split held out (default: the adapter's)")
-    p.add_argument("--eval-samples", type=int, default=None, help="default: the adapter's")
-    p.add_argument("--seed", type=int, default=None, help="split seed (default: the adapter's)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
-
-
 # --- demo -------------------------------------------------------------------------------------
-def cmd_demo(args: argparse.Namespace) -> int:
-    from instantft.demo import demo
+@app.command
+def demo(*, angle: float = 75.0, seed: int = 0, runtime: Runtime = NO_RUNTIME) -> int:
+    """Every method on RotFMNIST 75° (the talk's table).
 
-    demo(angle=args.angle, seed=args.seed, data_dir=args.data_dir)
+    Parameters
+    ----------
+    angle
+        Rotation in degrees, -360..360.
+    seed
+        Split, batch order and adapter init seed.
+    """
+    from instantft.demo import demo as run_demo
+
+    TaskConfig(angle=angle, seed=seed)  # the same range checks as finetune's
+    _threads(runtime)
+    run_demo(angle=angle, seed=seed, data_dir=runtime.data_dir)
     return 0
 
 
-def add_demo(sub: Sub) -> None:
-    p = sub.add_parser("demo", parents=[common()], help="every method on RotFMNIST 75° (the talk's table)")
-    p.add_argument("--angle", type=float, default=75.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo)
-
-
+# --- subcommands registered from other modules (argparse) ---------------------------------------
 def add_reproduce(sub: Sub) -> None:
     from instantft.experiments.reproduce import add_reproduce as add
 
@@ -262,35 +320,72 @@ def add_bench(sub: Sub) -> None:
     add(sub)
 
 
+def add_stream(sub: Sub) -> None:
+    from instantft.stream.cli import add_stream as add
+
+    add(sub)
+
+
+def add_export(sub: Sub) -> None:
+    from instantft.device.export import add_export as add
+
+    add(sub)
+
+
 PARSERS: list[Callable[[Sub], None]] = [
-    add_pretrain,
-    add_finetune,
-    add_evaluate,
-    add_demo,
     add_reproduce,
     add_table1,
     add_bench,
+    add_stream,
+    add_export,
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from instantft import __version__
-
-    parser = argparse.ArgumentParser(prog="instantft", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"instantft {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def argparse_commands() -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    """name -> (parser, one-line help) of every subcommand registered through :data:`PARSERS`."""
+    root = Parser(prog="instantft", add_help=False)
+    sub = root.add_subparsers(dest="command", parser_class=Parser)
     for add in PARSERS:
         add(sub)
-    return parser
+    helps = {a.dest: a.help or "" for a in sub._choices_actions}
+    return {name: (parser, helps.get(name, "")) for name, parser in sub.choices.items()}
+
+
+def _register_argparse(commands: dict[str, tuple[argparse.ArgumentParser, str]]) -> None:
+    """List the argparse subcommands in ``instantft --help`` (main() runs them itself)."""
+    for name, (parser, help_text) in commands.items():
+        if name in app:
+            continue
+
+        def forward(*tokens: Annotated[str, Parameter(allow_leading_hyphen=True)], _p: Any = parser) -> int:
+            args = _p.parse_args(list(tokens))
+            return int(args.func(args))
+
+        app.command(forward, name=name, help=help_text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    tokens = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.func(args))
+        try:
+            commands = argparse_commands()
+            _register_argparse(commands)
+            if tokens and tokens[0] in commands:
+                args = commands[tokens[0]][0].parse_args(tokens[1:])
+                return int(args.func(args))
+            if tokens in (["--version"], ["-V"]):
+                from instantft import __version__
+
+                print(f"instantft {__version__}")
+                return 0
+            result = app(tokens)
+            return int(result) if isinstance(result, int) else 0
+        except CycloptsError as exc:
+            raise UsageError(_one_line(str(exc))) from None
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
     except InstantFTError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
