@@ -523,6 +523,9 @@ def report(out: Path) -> None:
     atomic_write_json(out / "summary.json", {"meta": meta, "targets": tg, "rows": rows, "memory": memory})
     atomic_write_text(out / "summary.md", markdown(rows, tg, meta, memory))
     plots(runs, rows, out)
+    from instantft.stream.plot import corruption_grid
+
+    corruption_grid(out / "corruptions.png")
 
 
 def main(argv: list[str] | None = None) -> int:

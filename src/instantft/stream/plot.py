@@ -61,3 +61,34 @@ def plot_runs(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathL
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=fmt))
     plt.close(fig)
     return out
+
+
+def corruption_grid(path: str | os.PathLike[str], samples: int = 4, seed: int = 0) -> Path:
+    """The same test digits under every corruption (and rotations), as the stream draws them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from instantft.data.datasets import load_split
+    from instantft.stream.corruptions import CORRUPTIONS
+    from instantft.stream.source import apply_transform
+
+    test = load_split("mnist", "test")
+    src = torch.arange(samples)
+    keys = ["clean", "rot(45)", "rot(90)", *CORRUPTIONS]
+    fig, axes = plt.subplots(samples, len(keys), figsize=(len(keys) * 0.9, samples * 0.95))
+    for c, key in enumerate(keys):
+        images = apply_transform(key, test.images[:samples], src, seed)
+        for r in range(samples):
+            ax = axes[r, c]
+            ax.imshow(images[r, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(key.replace("_", "\n"), fontsize=7)
+    fig.tight_layout()
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return out
