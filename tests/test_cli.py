@@ -114,3 +114,224 @@ def test_svhn_rejects_an_angle(svhn_dir: Path, capsys: pytest.CaptureFixture[str
         make_task("svhn", angle=45, samples=10, data_dir=svhn_dir)
     with pytest.raises(InstantFTError, match=r"--samples must be in 1\.\.50 for svhn"):
         make_task("svhn", samples=500, data_dir=svhn_dir)
+
+
+# --- one line for every usage error; numbers at both ends of their range ----------------------
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["finetune", "--dataset", "rotmnist", "--method", "none", "--angle"], "--angle requires an argument"),
+        (["finetune", "--dataset", "rotmnist", "--method", "none", "--frob", "1"], "Unknown option: --frob"),
+        (["finetune", "--dataset", "rotmnist"], "--method requires an argument"),
+        (["finetune", "--dataset", "rotmnist", "--method", "none", "--rank", "x"], "Invalid value for --rank"),
+        (["finetune", "--dataset", "rotmnist", "--method", "none", "--init", "he"], 'Invalid value "he" for --init'),
+        (["frobnicate"], 'Unknown command "frobnicate"'),
+        (["reproduce", "--seeds", "x"], "instantft reproduce: argument --seeds: invalid int value: 'x'"),
+        (["reproduce", "--frob"], "instantft reproduce: unrecognized arguments: --frob"),
+        (["table1", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
+    ],
+)
+def test_usage_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1 and out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seed", str(2**63)], "--seed must be <= 9223372036854775807"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--init-seed", str(2**64)], "--init-seed must be <= 9223372036854775807"),
+        (["--threads", "100000"], "--threads must be <= "),
+        (["--lr", "1e39"], "--lr must be at most 3.40282e+38 in magnitude (float32)"),
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--lr", "-0.1"], "--lr must be a finite number > 0"),
+        (["--scale", "nan"], "--scale must be a finite number"),
+        (["--init-std", "1e40"], "--init-std must be at most"),
+        (["--rank", "4097"], "--rank must be <= 4096"),
+        (["--batch-size", str(2**21)], "--batch-size must be <= 1048576"),
+        (["--epochs", "1000000"], "steps per epoch = 52,000,000 steps, more than the 10,000,000"),
+        (["--epochs", "100000000"], "--epochs must be <= 10000000"),
+        (["--angle", "1e9"], "--angle must be in -360..360"),
+        (["--samples", str(2**31)], "--samples must be <= 2147483647"),
+        (["--eval-samples", "0"], "--eval-samples must be >= 1"),
+        (["--cache-max-bytes", str(2**63)], "--cache-max-bytes must be <= 9223372036854775807"),
+        (["--softmax-table-size", "3"], "need --numerics fixed"),
+    ],
+)
+def test_range_checks_include_the_top(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]):
+    code, _, err = run(capsys, "finetune", "--dataset", "rotmnist", "--method", "skip2-lora", *argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_memory_budget_refuses_a_rank_before_allocating(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]):
+    from instantft import config
+
+    monkeypatch.setattr(config, "MEMORY_BUDGET_BYTES", 10 * 2**20)
+    code, _, err = run(capsys, "finetune", "--dataset", "rotmnist", "--method", "skip2-lora", "--rank", "4096",
+                       *SMALL)
+    assert code == 2 and "more than the 10 MiB memory budget" in err
+
+
+def test_negative_numbers_parse(capsys: pytest.CaptureFixture[str]):
+    code, out, _ = run(capsys, "finetune", "--dataset", "rotmnist", "--method", "none", "--angle", "-1e-3",
+                       "--json", *SMALL)
+    assert code == 0 and json.loads(out)["angle"] == -0.001
+    code, _, err = run(capsys, "table1", "--rank", "-3")  # argparse subcommands too
+    assert code == 2 and "--rank" in err and "expected one argument" not in err
+
+
+def test_help_and_version_exit_zero(capsys: pytest.CaptureFixture[str]):
+    code, out, _ = run(capsys, "finetune", "--help")
+    assert code == 0 and "--batch-size" in out and "--save-adapter" in out and "--data" in out
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and all(c in out for c in ("finetune", "reproduce", "table1", "bench"))
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("instantft ")
+    code, out, _ = run(capsys, "table1", "--help")
+    assert code == 0 and "--rank" in out
+
+
+# --- your own model and data -------------------------------------------------------------------
+MODELS = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 3))
+
+def not_a_module():
+    return 3
+
+def boom():
+    raise RuntimeError("no\\nway")
+'''
+
+
+@pytest.fixture
+def user_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A model factory module and a learnable 3-class .npz (the brightest third of the image)."""
+    import numpy as np
+
+    (tmp_path / "cli_test_models.py").write_text(MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 0.3, (90, 6, 6)).astype(np.float32)
+    y = np.arange(90) % 3
+    for i, c in enumerate(y):
+        x[i, 2 * c : 2 * c + 2] += 0.7
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    return tmp_path
+
+
+def test_finetune_own_model_and_npz(user_files: Path, capsys: pytest.CaptureFixture[str]):
+    adapter = user_files / "a.safetensors"
+    code, out, err = run(capsys, "finetune", "--data", str(user_files / "mine.npz"), "--model",
+                         "cli_test_models:build", "--method", "skip2-lora", "--epochs", "3", "--batch-size", "10",
+                         "--lr", "0.5", "--save-adapter", str(adapter), "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["dataset"] == "mine" and record["samples"] == 72 and record["eval_samples"] == 18
+    assert record["epoch_losses"][-1] < record["epoch_losses"][0]
+    assert record["checkpoint"]["architecture"] == "cli_test_models:build"
+    code, out, err = run(capsys, "evaluate", "--adapter", str(adapter), "--json")  # data and model from the record
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == pytest.approx(record["accuracy_after"])
+
+
+def test_finetune_own_model_on_an_image_folder_with_taps(user_files: Path, capsys: pytest.CaptureFixture[str]):
+    import numpy as np
+    from PIL import Image
+
+    x = np.load(user_files / "mine.npz")["x"]
+    y = np.load(user_files / "mine.npz")["y"]
+    for i, (img, c) in enumerate(zip(x[:30], y[:30], strict=True)):
+        (user_files / "folder" / f"class{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 255).astype(np.uint8)).save(user_files / "folder" / f"class{c}" / f"{i}.png")
+    code, out, err = run(capsys, "finetune", "--data", str(user_files / "folder"), "--model", "cli_test_models:build",
+                         "--taps", "3", "--method", "skip-lora", "--epochs", "1", "--batch-size", "6", "--json")
+    assert code == 0, err
+    assert json.loads(out)["samples"] == 24
+
+
+def test_weights_are_loaded_and_checked(user_files: Path, capsys: pytest.CaptureFixture[str]):
+    import cli_test_models  # type: ignore[import-not-found]
+    import torch
+    from safetensors.torch import save_file
+
+    base = ["finetune", "--data", str(user_files / "mine.npz"), "--model", "cli_test_models:build", "--method",
+            "none", "--json", "--weights"]
+    state = {k: torch.zeros_like(v) for k, v in cli_test_models.build().state_dict().items()}
+    save_file(state, user_files / "zero.safetensors")
+    code, out, err = run(capsys, *base, str(user_files / "zero.safetensors"))
+    assert code == 0, err
+    record = json.loads(out)
+    assert len(record["checkpoint"]["weights_sha256"]) == 64
+    # all-zero weights really loaded: every logit 0, so every prediction is class 0
+    from instantft.data.userdata import load_npz, user_task
+
+    held_out = user_task(load_npz(user_files / "mine.npz").data, seed=0).evaluate.labels
+    assert record["accuracy_before"] == pytest.approx(float((held_out == 0).float().mean()))
+    bad = dict(state)
+    bad["1.weight"] = torch.zeros(16, 35)
+    save_file(bad, user_files / "shape.safetensors")
+    code, _, err = run(capsys, *base, str(user_files / "shape.safetensors"))
+    assert code == 2 and "1.weight has shape (16, 35), the model's is (16, 36)" in err and err.count("\n") == 1
+    save_file({"1.weight": state["1.weight"]}, user_files / "few.safetensors")
+    code, _, err = run(capsys, *base, str(user_files / "few.safetensors"))
+    assert code == 2 and "tensors do not match the model (missing 1.bias" in err
+    nan = dict(state)
+    nan["3.bias"] = torch.full((3,), float("nan"))
+    save_file(nan, user_files / "nan.safetensors")
+    code, _, err = run(capsys, *base, str(user_files / "nan.safetensors"))
+    assert code == 2 and "3.bias holds NaN or infinite values" in err
+    (user_files / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json")
+    code, _, err = run(capsys, *base, str(user_files / "junk.safetensors"))
+    assert code == 2 and "not a readable .safetensors file" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("no_such_module_xyz:build", "cannot import no_such_module_xyz (No module named 'no_such_module_xyz')"),
+        ("cli_test_models:missing", "cli_test_models has no function missing"),
+        ("cli_test_models:not_a_module", "not_a_module() returned int, not a torch.nn.Module"),
+        ("cli_test_models:boom", "boom() raised RuntimeError: no way"),
+        ("cli_test_models", "--model must be package.module:factory"),
+    ],
+)
+def test_bad_model_factory_is_one_line(user_files: Path, model: str, message: str,
+                                       capsys: pytest.CaptureFixture[str]):
+    code, _, err = run(capsys, "finetune", "--data", str(user_files / "mine.npz"), "--model", model,
+                       "--method", "none")
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_bad_user_data_through_the_cli(user_files: Path, capsys: pytest.CaptureFixture[str]):
+    import numpy as np
+
+    np.savez(user_files / "five.npz", x=np.zeros((9, 6, 6), np.float32), y=np.arange(9) % 5)
+    code, _, err = run(capsys, "finetune", "--data", str(user_files / "five.npz"), "--model", "cli_test_models:build",
+                       "--method", "none")
+    assert code == 2 and "label 4 is outside the model's 3 classes" in err and err.count("\n") == 1
+    np.savez(user_files / "wide.npz", x=np.zeros((9, 7, 7), np.float32), y=np.arange(9) % 3)
+    code, _, err = run(capsys, "finetune", "--data", str(user_files / "wide.npz"), "--model", "cli_test_models:build",
+                       "--method", "none")
+    assert code == 2 and "the model rejects inputs of shape (1, 7, 7)" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "finetune", "--data", str(user_files / "mine.npz"), "--model", "cli_test_models:build",
+                       "--taps", "nothing_here", "--method", "skip-lora")
+    assert code == 2 and "nothing_here" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "finetune", "--data", str(user_files / "mine.npz"), "--method", "none")
+    assert code == 2 and "--data needs --model" in err
+
+
+def test_python_api_keeps_keyword_options():
+    from instantft.run import RunOptions, finetune
+
+    a = finetune("none", "rotmnist", angle=30, samples=50, eval_samples=60).record
+    b = finetune("none", "rotmnist", options=RunOptions(angle=30, samples=50, eval_samples=60)).record
+    assert a["angle"] == b["angle"] == 30 and a["accuracy_after"] == b["accuracy_after"] and a["samples"] == 50
+    with pytest.raises(TypeError, match="unexpected keyword argument 'angel'"):
+        finetune("none", "rotmnist", angel=30)

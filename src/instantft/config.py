@@ -280,6 +280,10 @@ class RunConfig:
         return config_for(self.task.dataset or "", seed=self.seed, **chosen)
 
 
+def human_bytes(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
 def check_steps(epochs: int, samples: int, batch_size: int) -> None:
     """epochs x steps per epoch within :data:`MAX_STEPS` (checked before any batch is built)."""
     steps = epochs * max(1, math.ceil(samples / batch_size))
@@ -296,6 +300,6 @@ def check_adapter_memory(rank: int, sizes: list[int], num_classes: int, cache_by
     need = 2 * 4 * rank * sum(d + num_classes for d in sizes) + cache_bytes
     if need > MEMORY_BUDGET_BYTES:
         raise InstantFTError(
-            f"--rank {rank} needs {need / 2**30:.1f} GiB for the adapters, their gradients and the cache, "
-            f"more than the {MEMORY_BUDGET_BYTES / 2**30:g} GiB memory budget"
+            f"--rank {rank} needs {human_bytes(need)} for the adapters, their gradients and the cache, "
+            f"more than the {human_bytes(MEMORY_BUDGET_BYTES)} memory budget"
         )
