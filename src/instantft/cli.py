@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json as jsonlib
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -102,6 +103,21 @@ app = App(
 )
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or inf: a non-finite number is printed as null, never as a bare NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def print_json(record: Any) -> None:
+    print(jsonlib.dumps(_finite(record), allow_nan=False))
+
+
 def _inputs(*paths: Any) -> list[Any]:
     return [p for p in paths if p is not None]
 
@@ -139,13 +155,13 @@ def pretrain(
     check_int("--seed", seed, 0, SEED_LIMIT - 1, "seeds are 63-bit")
     check_int("--samples", samples, 1, 2**31 - 1)
     epochs, batch = training.epochs or 10, training.batch_size or 20
-    check_steps(epochs, samples or 604_388, batch)  # without --samples: bounded by the largest split (SVHN extra)
+    check_steps(epochs, samples or 531_131, batch)  # no --samples: bounded by the largest split, SVHN extra
     _threads(runtime)
     config = PretrainConfig(dataset, samples, epochs, batch, training.lr, seed)
     target = ensure_writable(out or f"lenet5-{dataset}.safetensors", existing_files(dataset, runtime.data_dir))
     meta = pretrain_to_file(config, target, data_dir=runtime.data_dir, show_progress=not json)
     if json:
-        print(jsonlib.dumps({**meta, "out": str(target)}))
+        print_json({**meta, "out": str(target)})
     else:
         print(f"test accuracy {meta['test_accuracy']:.4f}; checkpoint written to {target}")
     return 0
@@ -212,7 +228,7 @@ def finetune(
         write_adapter(save_adapter, result.method, extra, tuple(_inputs(model.checkpoint, model.weights, task.data)))
         record["adapter"] = str(save_adapter)
     if json:
-        print(jsonlib.dumps(record))
+        print_json(record)
     else:
         from instantft.tables import print_runs
 
@@ -274,7 +290,7 @@ def evaluate(
     out = {"method": record["method"], "numerics": record.get("numerics", "float"), "dataset": name,
            "angle": drift.angle, "seed": picked.seed, "eval_samples": len(drift.evaluate), "accuracy": acc}
     if json:
-        print(jsonlib.dumps(out))
+        print_json(out)
     else:
         print(f"{record['method']} on {name} {drift.angle:g}° (split seed {picked.seed}, {len(drift.evaluate)} "
               f"evaluation images): accuracy {acc:.4f}")
