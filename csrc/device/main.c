@@ -35,20 +35,29 @@
 #define OP_FIELDS 9 /* kind, out_c, kh, kw, sh, sw, ph, pw, tap */
 #define MAX_OPS 256
 #define MAX_DIM 100000000ull /* no single dimension of a bundle is larger */
-#define EVAL_CHUNK 256
+#define EVAL_CHUNK 128
+#define FILL_CHUNK 64
 
 static const char *bundle_path;
 
-/* One line on stderr, exit 2. Control characters (a bundle's names may hold escaped ones) are
- * shown as '?', so the message stays one line. */
+/* One line on stderr, exit 2. Control characters and bytes that are not UTF-8 (a damaged
+ * bundle's names may hold them) are shown as '?': the message stays one line of text. */
 static void die(const char *fmt, ...) {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    for (char *p = msg; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
+    char *end = msg + strlen(msg);
+    for (char *p = msg; *p; p++) {
+        if ((unsigned char)*p >= 0x80) {
+            int n = st_utf8_length(p, end);
+            if (n > 0) p += n - 1;
+            else *p = '?';
+        } else if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            *p = '?';
+        }
+    }
     fprintf(stderr, "error: %s\n", msg);
     exit(2);
 }
@@ -301,6 +310,19 @@ static void dump_cache(const ift_cache *c, const int64_t *slot_of, int64_t n, co
     free(a), free(b);
 }
 
+/* Peak resident memory of this process image (VmHWM of /proc/self/status, kB; Linux), -1 if
+ * unknown. Not getrusage: after exec, ru_maxrss still counts the parent's pages of the fork. */
+static long peak_rss_kb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) kb = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kb;
+}
+
 static void print_json_string(const char *s) {
     putchar('"');
     for (; *s; s++) {
@@ -448,8 +470,13 @@ int main(int argc, char **argv) {
     if (rc != IFT_OK) die("cannot allocate the forward cache: %s", ift_strerror(rc));
     int64_t *keys = xmalloc((size_t)N * sizeof *keys), *slot_of = xmalloc((size_t)N * sizeof *slot_of);
     for (int64_t i = 0; i < N; i++) keys[i] = i;
-    rc = ift_cache_fill_chain(&cache, chain, keys, images, N, threads);
-    if (rc != IFT_OK) die("cache fill failed: %s", ift_strerror(rc));
+    /* in chunks: ift_cache_fill_chain copies the images it fills from, so one call over all N
+     * would hold the fine-tuning images twice at the peak */
+    for (int64_t i = 0; i < N; i += FILL_CHUNK) {
+        int64_t b = N - i < FILL_CHUNK ? N - i : FILL_CHUNK;
+        rc = ift_cache_fill_chain(&cache, chain, keys + i, images + (size_t)i * per, b, threads);
+        if (rc != IFT_OK) die("cache fill failed: %s", ift_strerror(rc));
+    }
     double t_fill = now() - t0;
     for (int64_t i = 0; i < N; i++) slot_of[i] = ift_cache_slot(&cache, i);
     double *losses = xmalloc((size_t)S * sizeof *losses);
@@ -509,7 +536,7 @@ int main(int argc, char **argv) {
         for (; s < S && ep32[s] == e; s++, n++) sum += losses[s];
         printf("%s%.17g", e ? ", " : "", n ? sum / (double)n : 0.0);
     }
-    printf("], \"threads\": %d, \"kernels\": ", threads);
+    printf("], \"peak_rss_kb\": %ld, \"threads\": %d, \"kernels\": ", peak_rss_kb(), threads);
     print_json_string(ift_build_info());
     printf(", \"adapter\": ");
     print_json_string(apath);

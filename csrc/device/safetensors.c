@@ -71,7 +71,7 @@ static int hex4(const char *p, unsigned *out) {
 
 /* Length of the well-formed UTF-8 sequence at p (2..4 bytes; no overlong forms, surrogates or
  * code points above U+10FFFF), or -1. */
-static int utf8_length(const char *p, const char *end) {
+int st_utf8_length(const char *p, const char *end) {
     const unsigned char *u = (const unsigned char *)p;
     int n;
     unsigned cp;
@@ -99,7 +99,7 @@ static int read_string(scan *s, char **out, size_t max_len) {
         if (c < 0x20) return fail(s->st, "bad header JSON: control character in a string");
         unsigned cp;
         if (c >= 0x80) { /* a UTF-8 sequence: checked, then copied unchanged */
-            int len = utf8_length(s->p - 1, s->end);
+            int len = st_utf8_length(s->p - 1, s->end);
             if (len < 0) return fail(s->st, "bad header JSON: invalid UTF-8 in a string");
             if (s->arena_end - dst < len) return fail(s->st, "bad header JSON: string arena exhausted");
             memcpy(dst, s->p - 1, (size_t)len);
@@ -134,7 +134,7 @@ static int read_string(scan *s, char **out, size_t max_len) {
                 }
                 if (cp == 0) return fail(s->st, "bad header JSON: NUL in a string");
                 break;
-            default: return fail(s->st, "bad header JSON: bad escape \\%c", e);
+            default: return fail(s->st, "bad header JSON: bad escape (byte 0x%02x after a backslash)", (unsigned char)e);
             }
             unsigned char buf[4];
             int n;

@@ -59,6 +59,9 @@ const char *st_meta_get(const st_file *st, const char *key);
 /* Read bytes [offset, offset + nbytes) of tensor t into dst; -1 (and st->err) if out of range or short. */
 int st_read(st_file *st, const st_tensor *t, uint64_t offset, void *dst, uint64_t nbytes);
 
+/* Length (2..4) of the well-formed UTF-8 sequence at p, or -1. */
+int st_utf8_length(const char *p, const char *end);
+
 /* Parse a header held in memory (what st_open does after reading it); exposed for tests. */
 int st_parse_header(st_file *st, const char *json, size_t len);
 
