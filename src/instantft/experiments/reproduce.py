@@ -87,6 +87,9 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
 ABLATION_METHODS = ("lora-all", "instantft")
 #: SVHN pre-training sizes N from SVHN-extra (paper §5.1)
 SVHN_NS = (30000, 60000, 120000, 180000, 521131)
+#: the bundled non-paper backbones of the any-model study (LeNet-5's runs come from Fig. 7)
+BACKBONE_FAMILIES = ("mlp", "resnet8")
+STUDIES = ("fig7", "ablation", "svhn", "backbones", "timing", "fixedpoint")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Group:
     samples: int = 1024
     eval_samples: int | None = None
     checkpoint: str | None = None  # None: the bundled backbone of the dataset
+    backbone: str = "lenet5"  # the bundled family (models.FAMILIES) when no checkpoint is given
 
 
 def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -110,10 +114,10 @@ def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
 
 
 @lru_cache(maxsize=4)
-def _backbone(dataset: str, checkpoint: str | None) -> Any:
+def _backbone(dataset: str, checkpoint: str | None, family: str = "lenet5") -> Any:
     from instantft.run import load_backbone
 
-    return load_backbone(dataset, checkpoint)
+    return load_backbone(dataset, checkpoint, family)
 
 
 def run_group(group: Group, threads: int | None = None, data_dir: str | None = None) -> list[dict[str, Any]]:
@@ -125,7 +129,7 @@ def run_group(group: Group, threads: int | None = None, data_dir: str | None = N
 
     if threads is not None:
         torch.set_num_threads(threads)
-    backbone = _backbone(group.dataset, group.checkpoint)
+    backbone = _backbone(group.dataset, group.checkpoint, group.backbone)
     config = config_for(group.dataset, seed=group.seed, **dict(group.overrides))
     task = make_task(
         group.dataset,
@@ -136,6 +140,7 @@ def run_group(group: Group, threads: int | None = None, data_dir: str | None = N
         data_dir=data_dir,
     )
     machine = machine_info()
+    backbone[0].eval()
     before = accuracy(predict(backbone[0], task.evaluate.images), task.evaluate.labels)
     out = []
     for method in group.methods:
@@ -151,6 +156,7 @@ def run_group(group: Group, threads: int | None = None, data_dir: str | None = N
         rec.update(
             study=group.study,
             variant=group.variant,
+            backbone=group.backbone,
             machine=machine,
             package_version=machine["instantft"],
             git_commit=machine["git_commit"],
@@ -160,15 +166,14 @@ def run_group(group: Group, threads: int | None = None, data_dir: str | None = N
 
 
 def load_results(path: Path) -> list[dict[str, Any]]:
+    """The runs already in ``path``, each validated (:class:`instantft.records.RunRecord`)."""
+    from instantft.records import RunRecord, parse_json, validate_list
+
     if not path.is_file():
         return []
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InstantFTError(f"{path}: not valid JSON ({exc}); move it away to start afresh") from None
-    if not isinstance(data, list):
-        raise InstantFTError(f"{path}: expected a JSON list of runs")
-    return data
+    data = parse_json(path.read_bytes(), f"{path} (move it away to start afresh)", max_bytes=1 << 28)
+    validate_list(RunRecord, data, str(path))
+    return list(data)
 
 
 def run_groups(
@@ -326,6 +331,10 @@ class ReproduceConfig:
     #: the SVHN sweep: pre-training sizes N (paper §5.1) and fine-tuning samples (the train split)
     svhn_ns: tuple[int, ...] = SVHN_NS
     svhn_samples: int = 73257
+    #: the any-backbone study: every method on these bundled families beside LeNet-5 (90°)
+    backbones: tuple[str, ...] = BACKBONE_FAMILIES
+    #: run only these studies (default: all); "backbones" alone adds that study to a finished run
+    only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -334,6 +343,12 @@ class ReproduceConfig:
             raise InstantFTError(f"--seeds must be >= 1, got {self.seeds}")
         if self.jobs < 1:
             raise InstantFTError(f"--jobs must be >= 1, got {self.jobs}")
+        unknown = [s for s in self.only if s not in STUDIES]
+        if unknown:
+            raise InstantFTError(f"--only: unknown study {', '.join(unknown)}; valid: {', '.join(STUDIES)}")
+
+    def wants(self, study: str) -> bool:
+        return not self.only or study in self.only
 
 
 def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
@@ -350,26 +365,39 @@ def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
         cells.append(("rotfmnist", 75.0))
     seeds = range(cfg.seeds)
     n, n_eval = cfg.samples, cfg.eval_samples
-    groups = [Group("fig7", d, a, s, METHODS, "default", base, n, n_eval) for d, a in cells for s in seeds]
-    if cfg.ablation:
+    groups = []
+    if cfg.wants("fig7"):
+        groups += [Group("fig7", d, a, s, METHODS, "default", base, n, n_eval) for d, a in cells for s in seeds]
+    if cfg.ablation and cfg.wants("ablation"):
         for name, overrides in ABLATION_VARIANTS.items():
             groups += [
                 Group("ablation", d, 90.0, s, ABLATION_METHODS, name, tuple(overrides.items()) + base, n, n_eval)
                 for d in cfg.datasets
                 for s in seeds
             ]
-    svhn = svhn_groups(cfg, out)
+    if cfg.wants("backbones"):
+        groups += [
+            Group("backbones", d, 90.0, s, METHODS, family, base, n, n_eval, backbone=family)
+            for family in cfg.backbones
+            for d in cfg.datasets
+            for s in seeds
+        ]
+    svhn = svhn_groups(cfg, out) if cfg.wants("svhn") else "SVHN N-sweep not requested."
     if isinstance(svhn, list):
         groups += svhn
     results = run_groups(groups, results_path, cfg.jobs, cfg.show_progress, cfg.data_dir)
+    extras: dict[str, Any] = {"svhn": svhn if isinstance(svhn, str) else ""}
+    if cfg.wants("backbones"):
+        from instantft.experiments.backbones_study import write_backbones_report
+
+        extras["backbones"] = write_backbones_report(out, results, cfg.backbones)
+    if cfg.only and "timing" not in cfg.only:
+        return extras  # a partial run: the main report needs every study
     timing = _timing(out / "timing.json", cfg)
-    extras: dict[str, Any] = {
-        "cache_sizes": cache_sizes(),
-        "timing": timing,
-        "svhn": svhn if isinstance(svhn, str) else "",
-        "table1_markdown": table1_markdown("both", 4),
-    }
-    if cfg.fixedpoint:
+    extras.update(
+        cache_sizes=cache_sizes(), timing=timing, table1_markdown=table1_markdown("both", 4),
+    )  # fmt: skip
+    if cfg.fixedpoint and cfg.wants("fixedpoint"):
         extras["fixedpoint"] = _fixedpoint(out / "fixedpoint", cfg)
     report.write_all(out, results, extras, cfg)
     return extras
@@ -392,7 +420,7 @@ def _timing(path: Path, cfg: ReproduceConfig) -> dict[str, Any]:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = {}
-        if old.get("params") == params:
+        if isinstance(old, dict) and old.get("params") == params:
             return dict(old)
     timing = {
         **time_methods(repeats=cfg.timing_repeats, samples=cfg.samples, epochs=cfg.epochs, data_dir=cfg.data_dir),
@@ -447,6 +475,9 @@ def add_reproduce(sub: Any) -> None:
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation of the unstated defaults")
     p.add_argument("--no-fixedpoint", action="store_true", help="skip the fixed-point column and format sweep")
     p.add_argument("--timing-repeats", type=int, default=5)
+    p.add_argument(
+        "--only", default=None, help=f"comma-separated studies to run (default all): {', '.join(STUDIES)}"
+    )
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -460,6 +491,7 @@ def cmd_reproduce(args: Any) -> int:
         ablation=not args.no_ablation,
         fixedpoint=not args.no_fixedpoint,
         data_dir=args.data_dir,
+        only=tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else (),
     )
     reproduce(cfg)
     print(f"report written to {Path(args.out) / 'report.md'}")

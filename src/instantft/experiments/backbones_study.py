@@ -1,0 +1,130 @@
+"""The any-backbone study: every method on the in-tree MLP and ResNet-8 under the paper's
+RotMNIST / RotFMNIST 90° protocol (same seeds, same task), side by side with LeNet-5's Fig. 7
+runs. Run by ``instantft reproduce`` (``--only backbones`` adds it to a finished run); this
+module only summarises what ``results.json`` holds into a table and a plot."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from instantft.fileio import atomic_write, atomic_write_text
+
+NAMES = {"lenet5": "LeNet-5", "mlp": "MLP", "resnet8": "ResNet-8"}
+
+
+def _runs(results: Sequence[dict[str, Any]], family: str) -> list[dict[str, Any]]:
+    """LeNet-5: the Fig. 7 runs at 90°; the others: this study's runs."""
+    if family == "lenet5":
+        return [r for r in results if r["study"] == "fig7" and float(r["angle"]) == 90.0
+                and r.get("variant", "default") == "default"]  # fmt: skip
+    return [r for r in results if r["study"] == "backbones" and r.get("backbone", r.get("variant")) == family]
+
+
+def summarise(results: Sequence[dict[str, Any]], families: Sequence[str]) -> dict[str, Any]:
+    """(family -> dataset -> method) -> accuracy mean/std in %, median seconds, cache bytes, params."""
+    out: dict[str, Any] = {}
+    for family in ("lenet5", *families):
+        cells: dict[str, dict[str, Any]] = {}
+        for r in _runs(results, family):
+            cells.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(r)
+        out[family] = {
+            dataset: {
+                method: {
+                    "mean": statistics.fmean(100 * r["accuracy_after"] for r in rs),
+                    "std": statistics.stdev([100 * r["accuracy_after"] for r in rs]) if len(rs) > 1 else 0.0,
+                    "n": len(rs),
+                    "diverged": sum(1 for r in rs if r.get("diverged")),
+                    "before": statistics.fmean(100 * r["accuracy_before"] for r in rs),
+                    "seconds": statistics.median(r["finetune_seconds"] for r in rs),
+                    "cache_bytes": max(r["cache_bytes"] for r in rs),
+                    "trainable_params": rs[0].get("trainable_params"),
+                    "samples": rs[0]["samples"],
+                    "eval_samples": rs[0]["eval_samples"],
+                }
+                for method, rs in by_method.items()
+            }
+            for dataset, by_method in cells.items()
+        }
+    return out
+
+
+def _fmt(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "–"
+    div = f" ({cell['diverged']} div.)" if cell["diverged"] else ""
+    return f"{cell['mean']:.2f} ± {cell['std']:.2f}{div}"
+
+
+def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
+    families = list(summary)
+    lines = ["# Every method on three backbones (RotMNIST / RotFMNIST, θ = 90°)", ""]
+    any_cell = next(c for f in families for d in summary[f].values() for c in d.values())
+    lines.append("Made by `instantft reproduce --only backbones` (LeNet-5's column: the Fig. 7 runs at 90°). "
+                 f"Accuracy on the {any_cell['eval_samples']:,} held-out images in %, mean ± std over seeds; "
+                 "s: median fine-tune seconds; params: trained values; cache: Forward Cache bytes for the "
+                 f"{any_cell['samples']:,} fine-tuning samples.")  # fmt: skip
+    for dataset in ("rotmnist", "rotfmnist"):
+        present = [f for f in families if dataset in summary[f]]
+        if not present:
+            continue
+        lines += ["", f"## {dataset}", ""]
+        names = [NAMES.get(f, f) for f in present]
+        head = ["method", *(f"{n} acc." for n in names), *(f"{n} s" for n in names), *(f"{n} params" for n in names)]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m in methods:
+            cells = [summary[f][dataset].get(m) for f in present]
+            row = [m, *(_fmt(c) for c in cells),
+                   *(f"{c['seconds']:.3f}" if c else "–" for c in cells),
+                   *(f"{c['trainable_params']:,}" if c and c["trainable_params"] is not None else "–" for c in cells)]
+            lines.append("| " + " | ".join(row) + " |")
+        caches = [(f, summary[f][dataset].get(m)) for f in present for m in ("skip2-lora", "instantft")]
+        lines += ["", "Forward Cache: " + "; ".join(
+            f"{NAMES.get(f, f)} {c['cache_bytes'] / 1e6:.2f} MB" + (" (NF4)" if i % 2 else " (fp32)")
+            for i, (f, c) in enumerate(caches) if c)]  # fmt: skip
+        n = {summary[f][dataset][m]["n"] for f in present for m in summary[f][dataset]}
+        lines.append(f"Seeds per cell: {', '.join(map(str, sorted(n)))}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], methods: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(summary)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7.5), sharex=True)
+    width = 0.8 / len(families)
+    for col, dataset in enumerate(("rotmnist", "rotfmnist")):
+        for j, f in enumerate(families):
+            cells = [summary[f].get(dataset, {}).get(m) for m in methods]
+            xs = [i + (j - (len(families) - 1) / 2) * width for i in range(len(methods))]
+            acc = [c["mean"] if c else math.nan for c in cells]
+            err = [c["std"] if c else 0.0 for c in cells]
+            axes[0, col].bar(xs, acc, width, yerr=err, capsize=2, label=NAMES.get(f, f))
+            secs = [c["seconds"] if c and c["seconds"] > 0 else math.nan for c in cells]  # "none" takes 0 s
+            axes[1, col].bar(xs, secs, width, label=NAMES.get(f, f))
+        axes[0, col].set_title(f"{dataset}, 90°: accuracy after fine-tuning")
+        axes[0, col].set_ylabel("accuracy (%)")
+        axes[0, col].set_ylim(0, 100)
+        if any(dataset in summary[f] for f in families):
+            axes[1, col].set_yscale("log")
+        axes[1, col].set_ylabel("fine-tune time (s, log)")
+        axes[1, col].set_xticks(range(len(methods)), methods, rotation=35, ha="right")
+    axes[0, 0].legend(loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_backbones_report(out: Path, results: Sequence[dict[str, Any]], families: Sequence[str]) -> dict[str, Any]:
+    from instantft.experiments.reproduce import METHODS
+
+    summary = summarise(results, families)
+    atomic_write_text(out / "backbones.md", markdown(summary, METHODS))
+    plot(summary, METHODS, out / "backbones.png")
+    return summary
