@@ -40,6 +40,8 @@ AARCH64_CC   ?= aarch64-linux-gnu-gcc
 DEVICE_SRCS  := $(filter-out csrc/test%,$(wildcard csrc/*.c)) $(wildcard csrc/device/*.c)
 DEVICE_DEPS  := $(DEVICE_SRCS) $(wildcard csrc/*.h csrc/device/*.h)
 DEVICE_FLAGS := -std=c11 -O3 -Wall -Wextra -Icsrc -ffunction-sections -fdata-sections -Wl,--gc-sections
+# OPENMP=1 (with make -B): the cache fill and the adapters' update on all cores, needs libgomp
+DEVICE_FLAGS += $(if $(OPENMP),-fopenmp)
 
 device: build/instantft-device
 device-aarch64: build/instantft-device-aarch64

@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from instantft.device import ADAPTER_FILE, BUNDLE_FILE, MANIFEST_FILE
 from instantft.device.bundle import read_bundle, reference_fit, schedule_arrays
-from instantft.fileio import load_tensors
+from instantft.fileio import load_tensors, tensors_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 QEMU_HINT = "apt-get install gcc-aarch64-linux-gnu qemu-user (.ci/run does this as root)"
@@ -113,7 +113,8 @@ def test_bundle_holds_what_the_device_needs(small: dict[str, Path]):
     assert t["eval.images"].shape == (300, 1, 28, 28) and t["eval.labels"].dtype == np.uint8
     assert manifest["pixels"]["lossless"], "90° is a pixel permutation: uint8 must hold Python's images exactly"
     record = json.loads(meta["adapter_record"])
-    assert "tensors_sha256" not in record  # the device hashes what it trained
+    initial = {k: torch.from_numpy(v) for k, v in t.items() if k.startswith("skip")}
+    assert list(record)[-1] == "tensors_sha256" and record["tensors_sha256"] == tensors_sha256(initial)
     expected = schedule_arrays(200, FineTuneConfig(**record["config"]))
     for k, v in expected.items():
         np.testing.assert_array_equal(t[k], v)
@@ -139,7 +140,11 @@ def test_device_trains_the_reference_adapters(method: str, small: dict[str, Path
     shutil.copytree(small[method], bundle)
     out = run_device(device, bundle)
     want, ref = reference_fit(bundle)
-    assert_adapters_close(load_tensors(bundle / ADAPTER_FILE), want)
+    trained = load_tensors(bundle / ADAPTER_FILE)
+    assert_adapters_close(trained, want)
+    from instantft.methods.adapter_io import read_adapter_record
+
+    assert read_adapter_record(bundle / ADAPTER_FILE)["tensors_sha256"] == tensors_sha256(trained)  # hashed in C
     assert out["steps"] == ref["steps"] == 20
     assert out["cache_bytes"] == ref["cache_bytes"] > 0
     assert out["correct_after"] == ref["correct_after"]
@@ -332,6 +337,19 @@ def test_schedule_row_out_of_range(bad):
     order = load_file(str(d / BUNDLE_FILE))["schedule.order"].copy()
     order[5] = 20
     check(rebuilt(d, schedule__order=order), expect="not a fine-tuning row")
+
+
+def test_adapter_record_without_its_hash(bad):
+    from safetensors import safe_open
+
+    d, good, check = bad
+    with safe_open(str(d / BUNDLE_FILE), framework="numpy") as fh:
+        meta = dict(fh.metadata())
+    record = json.loads(meta["adapter_record"])
+    record.pop("tensors_sha256")
+    header, data = header_of_bytes(good)
+    header["__metadata__"]["adapter_record"] = json.dumps(record)
+    check(with_header(header, data), expect="adapter_record")
 
 
 def test_missing_tensor_and_non_finite_weight(bad):

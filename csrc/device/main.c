@@ -267,18 +267,21 @@ static void tensors_sha256(st_out_tensor *ts, int n, char hex[65]) {
     sha256_hex(&c, hex);
 }
 
-/* The adapter record: the bundle's (a JSON object, as `finetune --save-adapter` writes it, less
- * the hash) with "tensors_sha256" of the trained tensors appended. */
+/* The adapter record: the bundle's (the JSON object `finetune --save-adapter` writes, for the
+ * initial adapters, ending in "tensors_sha256": "<64 hex digits>"}) with that hash replaced by
+ * the hash of the trained tensors. Anything else is refused (before any work: see main). */
+#define HASH_KEY "\"tensors_sha256\": \""
 static char *adapter_record(const char *base, const char *hex) {
-    size_t n = strlen(base);
-    while (n && (base[n - 1] == ' ' || base[n - 1] == '\n')) n--;
-    if (n < 2 || base[0] != '{' || base[n - 1] != '}') die("%s: metadata adapter_record is not a JSON object", bundle_path);
-    int empty = 1;
-    for (size_t i = 1; i + 1 < n; i++)
-        if (base[i] != ' ') empty = 0;
-    char *out = xmalloc(n + 100);
-    memcpy(out, base, n - 1);
-    snprintf(out + n - 1, 100, "%s\"tensors_sha256\": \"%s\"}", empty ? "" : ", ", hex);
+    size_t n = strlen(base), tail = strlen(HASH_KEY) + 64 + 2; /* key, digits, closing quote and brace */
+    if (n < tail + 1 || base[0] != '{' || strcmp(base + n - 2, "\"}") != 0 ||
+        strncmp(base + n - tail, HASH_KEY, strlen(HASH_KEY)) != 0)
+        die("%s: metadata adapter_record is not an adapter record ending in its tensors_sha256", bundle_path);
+    for (size_t i = n - 66; i < n - 2; i++)
+        if (!((base[i] >= '0' && base[i] <= '9') || (base[i] >= 'a' && base[i] <= 'f')))
+            die("%s: metadata adapter_record: tensors_sha256 is not 64 hex digits", bundle_path);
+    char *out = xmalloc(n + 1);
+    memcpy(out, base, n + 1);
+    memcpy(out + n - 66, hex, 64);
     return out;
 }
 
@@ -377,7 +380,7 @@ int main(int argc, char **argv) {
     int64_t block = meta_int(&st, "block_size", 2, 1 << 16);
     if (block % 2) die("%s: block_size must be even", bpath);
     const char *record = meta(&st, "adapter_record");
-    free(adapter_record(record, "0")); /* malformed: fail now, not after training */
+    free(adapter_record(record, "0000000000000000000000000000000000000000000000000000000000000000"));
     probe_writable(apath);
     if (dump) probe_writable(dump);
 

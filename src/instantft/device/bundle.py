@@ -19,8 +19,9 @@ Tensors (little-endian, the names the C program looks up):
 
 Metadata strings: ``format``, ``method``, ``storage`` (fp32 / nf4), ``lr``, ``scale``,
 ``block_size`` (numbers as Python's ``repr``, so ``strtod`` reads back the same double), and
-``adapter_record``: the JSON record ``instantft finetune --save-adapter`` would write for this run,
-which the device copies verbatim into its ``adapter.safetensors``.
+``adapter_record``: the JSON record ``instantft finetune --save-adapter`` would write for this run
+(of the initial adapters, ``tensors_sha256`` last), which the device copies into its
+``adapter.safetensors`` with that hash replaced by the hash of the tensors it trained.
 
 Pixels "as uint8": the source files are uint8 and Python trains on ``uint8 / 255``, but the drift
 tasks rotate in float (bilinear), so a rotated pixel is not a multiple of 1/255 in general. The
@@ -121,16 +122,26 @@ def chain_tensors(backbone: Any) -> tuple[dict[str, np.ndarray], list[dict[str, 
 
 def adapter_record(method: Any, task_record: dict[str, Any]) -> dict[str, Any]:
     """The record ``instantft finetune --save-adapter`` writes for this method and task, made by
-    the same code (methods.adapter_io.save_adapter), so the two can never drift apart - less
-    ``tensors_sha256``, which the device computes over the tensors it trained."""
+    the same code (methods.adapter_io.save_adapter), so the two can never drift apart. It is the
+    record of the *initial* adapters (a valid adapter record); ``tensors_sha256`` is moved to the
+    end, where the device overwrites its 64 hex digits with the hash of the tensors it trained."""
     from instantft.methods.adapter_io import read_adapter_record, save_adapter
 
     with tempfile.TemporaryDirectory(prefix="instantft-export-") as tmp:
         path = Path(tmp) / "record.safetensors"
         save_adapter(path, method, {"task": task_record, "numerics": "float"})
         record = read_adapter_record(path)
-    record.pop("tensors_sha256", None)
-    return record
+    digest = record.pop("tensors_sha256")
+    return {**record, "tensors_sha256": digest}
+
+
+def _fine_tune_config(run: Any) -> Any:
+    """The FineTuneConfig ``finetune`` derives from the same RunConfig (``run.fine_tune_config``
+    while the CLI's refactor moves it to ``instantft.run.fine_tune_config``)."""
+    from instantft import run as runs
+
+    derive = getattr(runs, "fine_tune_config", None)
+    return derive(run) if derive is not None else run.fine_tune_config()
 
 
 def build_bundle(run: Any) -> Bundle:
@@ -144,7 +155,7 @@ def build_bundle(run: Any) -> Bundle:
     if method_name not in METHODS:
         raise InstantFTError(f"--method must be one of {', '.join(METHODS)} for the device, got {method_name!r}")
     (backbone, meta), task = prepare(run)
-    config = run.fine_tune_config()
+    config = _fine_tune_config(run)
     method = create(method_name, backbone, config)
     num_classes = int(method.num_classes)  # type: ignore[attr-defined]
     tensors, ops = chain_tensors(method.backbone)
