@@ -11,8 +11,8 @@ present in the file before anything is allocated (:mod:`instantft.methods.adapte
 Unknown keys are allowed and kept (``extra="allow"``) so that a newer writer can add fields
 (e.g. a backbone name or a tap layout in adapters) without older readers refusing the file; the
 generic bounds (size, depth) still apply to them, and a field that a reader uses must be declared
-here to be used. Other modules (the device bundle) import :class:`Record`, the field types and
-:func:`validate` to declare their own schemas the same way.
+here to be used. Other modules import :class:`Record`, the field types and :func:`validate` to
+declare their own schemas the same way.
 
 pydantic was chosen over msgspec and jsonschema: it is already a dependency of the stack we
 install, its strict mode gives exactly the int/bool/float distinctions JSON blurs, errors carry
@@ -159,38 +159,86 @@ class StudyRunRecord(Record):
 
 
 # --- device bundle ----------------------------------------------------------------------------
-class TensorEntry(Record):
-    """One tensor of a binary bundle: where its bytes are and what they hold."""
+class TensorSpec(Record):
+    """What the manifest says of one tensor of ``bundle.safetensors``."""
 
-    name: Name
     dtype: Name
     shape: Annotated[list[Dim], Field(max_length=8)]
-    offset: NonNegInt
-    nbytes: NonNegInt
 
 
-class BundleManifest(Record):
-    """The generic part of a device bundle manifest; the device module may subclass it."""
+class BundleFileRecord(Record):
+    file: Name
+    sha256: Sha256
+    bytes: NonNegInt
+
+
+class CacheSizeRecord(Record):
+    row_width: Count
+    row_bytes: Count
+    rows: Count
+
+
+class DeviceManifest(Record):
+    """``manifest.json`` beside a device bundle (instantft.device.bundle)."""
 
     format: Name
-    version: Annotated[int, Field(ge=1, lt=2**31)]
-    tensors: list[TensorEntry] = []
+    package_version: Name | None = None
+    method: Name
+    storage: Literal["fp32", "nf4"]
+    task: TaskRecord
+    config: FineTuneConfigRecord
+    base_fingerprint: Sha256
+    tap_sizes: Annotated[list[Count], Field(max_length=4096)]
+    cache: CacheSizeRecord
+    steps: NonNegInt
+    tensors: dict[Name, TensorSpec]
+    bundle: BundleFileRecord | None = None
 
 
-def check_tensor_entries(entries: list[TensorEntry], itemsize: dict[str, int], file_size: int, where: str) -> None:
-    """Each entry's bytes lie inside the file and agree with its shape and dtype: a manifest's
-    sizes checked against the bytes actually present, before anything is allocated."""
-    for e in entries:
-        if e.dtype not in itemsize:
-            raise InstantFTError(f"{where}: tensor {e.name}: unknown dtype {e.dtype!r}")
-        n = 1
-        for d in e.shape:
-            n *= d
-        if n * itemsize[e.dtype] != e.nbytes:
-            raise InstantFTError(f"{where}: tensor {e.name}: shape {e.shape} of {e.dtype} is not {e.nbytes} bytes")
-        if e.offset + e.nbytes > file_size:
-            raise InstantFTError(f"{where}: tensor {e.name}: bytes {e.offset}..{e.offset + e.nbytes} past the end of "
-                                 f"the {file_size}-byte file")
+class BundleAdapterRecord(AdapterRecord):
+    """The adapter record a bundle carries for the device to copy: the device adds the hash of
+    the tensors it trains, so there is none yet."""
+
+    tensors_sha256: Sha256 | None = None  # type: ignore[assignment]
+
+
+class BundleMetadata(Record):
+    """The string metadata of ``bundle.safetensors`` (numbers as Python's ``repr``)."""
+
+    format: Name
+    method: Name
+    storage: Literal["fp32", "nf4"]
+    lr: Name
+    scale: Name
+    block_size: Name
+    adapter_record: str
+
+
+def check_bundle(
+    metadata: dict[str, str], shapes: dict[str, tuple[str, list[int]]], manifest: dict[str, Any] | None, where: str
+) -> None:
+    """A device bundle's metadata, embedded adapter record and manifest validated, and the
+    manifest's tensor list checked against the tensors actually in the file (``shapes``: name ->
+    (dtype, shape), from the safetensors header, before anything is loaded)."""
+    meta = validate(BundleMetadata, metadata, f"{where}: bundle metadata")
+    for name in ("lr", "scale", "block_size"):
+        try:
+            value = float(getattr(meta, name))
+        except ValueError:
+            raise InstantFTError(f"{where}: bundle metadata {name} is not a number") from None
+        if not (value > 0 and value < float("inf")):
+            raise InstantFTError(f"{where}: bundle metadata {name} must be a finite number > 0, got {value}")
+    embedded = f"{where}: adapter_record"
+    validate(BundleAdapterRecord, parse_json_object(meta.adapter_record, embedded), embedded)
+    if manifest is None:
+        return
+    m = validate(DeviceManifest, manifest, f"{where}: manifest")
+    present = {k: shape for k, (_dtype, shape) in shapes.items()}
+    for name, spec in m.tensors.items():
+        if name not in present:
+            raise InstantFTError(f"{where}: manifest lists tensor {name}, not in the bundle")
+        if present[name] != spec.shape:
+            raise InstantFTError(f"{where}: tensor {name} has shape {present[name]}, the manifest says {spec.shape}")
 
 
 # --- parsing and validation -------------------------------------------------------------------

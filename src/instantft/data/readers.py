@@ -73,13 +73,39 @@ def check_labels(labels: np.ndarray, path: Path) -> None:
         raise InstantFTError(f"{path}: label {int(bad)} outside 0-9")
 
 
+#: zlib's largest expansion ratio: a v5 .mat variable cannot hold more than this many bytes per
+#: byte of file, so a header claiming more is refused before scipy allocates it
+MAT_MAX_EXPANSION = 1032
+_MAT_ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "single": 4}
+
+
+def _check_mat_sizes(path: Path) -> None:
+    """Only MATLAB 5 files (what SVHN ships; v4 headers make scipy allocate what they claim),
+    and no variable claiming more bytes than the file could decompress to."""
+    import scipy.io
+
+    with open(path, "rb") as fh:
+        head = fh.read(128)
+    if len(head) < 128 or 0 in head[:4] or head[126:128] not in (b"IM", b"MI"):
+        raise InstantFTError(f"{path}: not a MATLAB 5 .mat file (SVHN's format)")
+    variables = scipy.io.whosmat(path)
+    budget = MAT_MAX_EXPANSION * max(path.stat().st_size, 1)
+    for name, shape, cls in variables:
+        claimed = math.prod(shape) * _MAT_ITEMSIZE.get(cls, 8)
+        if claimed > budget:
+            raise InstantFTError(f"{path}: .mat variable {name!r} claims {claimed} bytes, more than the file can hold")
+
+
 def read_svhn_mat(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """SVHN cropped digits: ``X`` uint8 (32, 32, 3, N) -> (N, 3, 32, 32); ``y`` 1..10 -> 0..9."""
     import scipy.io
 
     path = Path(path)
     try:
+        _check_mat_sizes(path)
         mat = scipy.io.loadmat(path)
+    except InstantFTError:
+        raise
     except MemoryError:
         raise InstantFTError(f"{path}: .mat file claims more memory than is available") from None
     except Exception as exc:  # scipy raises many types (MatReadError, ValueError, struct.error, ...)

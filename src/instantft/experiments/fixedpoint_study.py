@@ -14,7 +14,6 @@ Writes ``fixedpoint.json`` (every run, summaries, the memory estimate), ``fixedp
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections.abc import Sequence
@@ -129,12 +128,12 @@ def run_group(group: Group, threads: int | None = 1) -> list[dict[str, Any]]:
 
 
 def _load(path: Path) -> dict[str, dict[str, Any]]:
+    from instantft.records import StudyRunRecord, parse_json, validate_list
+
     if not path.is_file():
         return {}
-    try:
-        runs = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InstantFTError(f"{path}: not valid JSON ({exc}); move it away to start afresh") from None
+    runs = parse_json(path.read_bytes(), f"{path} (move it away to start afresh)", max_bytes=1 << 28)
+    validate_list(StudyRunRecord, runs, str(path))
     return {run_key(r["dataset"], r["seed"], r["variant"]): r for r in runs}
 
 
