@@ -335,3 +335,40 @@ def test_python_api_keeps_keyword_options():
     assert a["angle"] == b["angle"] == 30 and a["accuracy_after"] == b["accuracy_after"] and a["samples"] == 50
     with pytest.raises(TypeError, match="unexpected keyword argument 'angel'"):
         finetune("none", "rotmnist", angel=30)
+
+
+def test_explicit_taps_on_the_bundled_lenet(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    adapter = tmp_path / "a.safetensors"
+    code, out, err = run(capsys, "finetune", "--dataset", "rotmnist", "--method", "skip-lora", "--taps", "fc1,fc2",
+                         "--save-adapter", str(adapter), "--json", *SMALL)
+    assert code == 0, err
+    record = json.loads(out)
+    code, out, err = run(capsys, "evaluate", "--adapter", str(adapter), "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == pytest.approx(record["accuracy_after"])
+    code, default_out, _ = run(capsys, "finetune", "--dataset", "rotmnist", "--method", "skip-lora", "--json", *SMALL)
+    assert json.loads(default_out)["trainable_params"] != record["trainable_params"]  # fewer taps, fewer adapters
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--angle", "1e9"], "--angle must be in -360..360"),
+        (["demo", "--seed", str(2**63)], "--seed must be <="),
+        (["pretrain", "--dataset", "mnist", "--seed", str(2**63)], "--seed must be <="),
+        (["pretrain", "--dataset", "cifar"], 'Invalid value "cifar" for --dataset'),
+        (["pretrain", "--dataset", "mnist", "--lr", "1e39"], "--lr must be at most"),
+        (["evaluate", "--adapter", "missing.safetensors", "--seed", "-1"], "--seed must be >= 0"),
+    ],
+)
+def test_other_commands_check_their_ranges(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_json_never_prints_a_bare_nan(capsys: pytest.CaptureFixture[str]):
+    from instantft.cli import print_json
+
+    print_json({"loss": float("nan"), "losses": [1.0, float("inf")], "nested": {"x": -float("inf")}})
+    out = capsys.readouterr().out
+    assert json.loads(out) == {"loss": None, "losses": [1.0, None], "nested": {"x": None}} and "NaN" not in out

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json as jsonlib
 import math
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal
 
 from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
@@ -32,13 +31,19 @@ from instantft.config import (
     LoopConfig,
     ModelConfig,
     NumericsConfig,
+    Parser,
     RunConfig,
     RuntimeConfig,
     TaskConfig,
     TrainingConfig,
+    UsageError,
     check_int,
+    common,
+    one_line,
 )
 from instantft.errors import InstantFTError
+
+__all__ = ["PARSERS", "Parser", "app", "common", "main"]
 
 Sub = Any  # argparse's private _SubParsersAction
 
@@ -62,35 +67,6 @@ NO_ADAPTER = AdapterConfig()
 NO_CACHE = CacheConfig()
 NO_NUMERICS = NumericsConfig()
 NO_RUNTIME = RuntimeConfig()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-class UsageError(InstantFTError):
-    """A flag or value the parser refuses."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse for the subcommands registered through :data:`PARSERS`: a usage error is one
-    line (raised, printed by :func:`main`), and ``-1e-3`` / ``-.5`` / ``-inf`` are values."""
-
-    NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._negative_number_matcher = self.NEGATIVE
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {_one_line(message)}")
-
-
-def common() -> argparse.ArgumentParser:
-    """Options every argparse subcommand takes (``parents=[common()]``)."""
-    p = Parser(add_help=False)
-    p.add_argument("--data-dir", default=None, help="where dataset files are looked for first")
-    return p
 
 
 app = App(
@@ -129,12 +105,13 @@ def pretrain(
     dataset: Literal["mnist", "fmnist", "svhn"],
     samples: int | None = None,
     seed: int = 0,
+    backbone: Literal["lenet5", "mlp", "resnet8"] = "lenet5",
     training: Training = NO_TRAINING,
     out: Path | None = None,
     runtime: Runtime = NO_RUNTIME,
     json: Json = False,
 ) -> int:
-    """Pre-train a LeNet-5 backbone (paper §5.1).
+    """Pre-train a backbone: the paper's LeNet-5 (§5.1), the MLP or the ResNet-8.
 
     Parameters
     ----------
@@ -144,8 +121,10 @@ def pretrain(
         First N training samples (default: all).
     seed
         Weight init and batch order seed, 0 <= seed < 2**63.
+    backbone
+        Architecture family: lenet5 (the paper's), mlp (3 layers) or resnet8 (BatchNorm, residual blocks).
     out
-        Checkpoint file (default lenet5-DATASET.safetensors).
+        Checkpoint file (default BACKBONE-DATASET.safetensors).
     """
     from instantft.config import SEED_LIMIT, check_steps
     from instantft.data.files import existing_files
@@ -157,8 +136,8 @@ def pretrain(
     epochs, batch = training.epochs or 10, training.batch_size or 20
     check_steps(epochs, samples or 531_131, batch)  # no --samples: bounded by the largest split, SVHN extra
     _threads(runtime)
-    config = PretrainConfig(dataset, samples, epochs, batch, training.lr, seed)
-    target = ensure_writable(out or f"lenet5-{dataset}.safetensors", existing_files(dataset, runtime.data_dir))
+    config = PretrainConfig(dataset, samples, epochs, batch, training.lr, seed, backbone)
+    target = ensure_writable(out or f"{backbone}-{dataset}.safetensors", existing_files(dataset, runtime.data_dir))
     meta = pretrain_to_file(config, target, data_dir=runtime.data_dir, show_progress=not json)
     if json:
         print_json({**meta, "out": str(target)})
@@ -262,7 +241,11 @@ def evaluate(
     from instantft.models import accuracy
     from instantft.run import prepare
 
-    trained = read_adapter_record(adapter).get("task", {})
+    adapter_record = read_adapter_record(adapter)
+    trained = adapter_record.get("task", {})
+    family = str(adapter_record.get("architecture") or "").split("-")[0]
+    if model == NO_MODEL and family in ("mlp", "resnet8"):  # a bundled non-LeNet backbone: the record says which
+        model = replace(model, backbone=family)
     if not isinstance(trained, dict):
         raise InstantFTError(f"{adapter}: adapter metadata is malformed (task is not an object)")
     data = task.data if task.data is not None else (Path(trained["data"]) if trained.get("data") else None)
@@ -397,11 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = app(tokens)
             return int(result) if isinstance(result, int) else 0
         except CycloptsError as exc:
-            raise UsageError(_one_line(str(exc))) from None
+            raise UsageError(one_line(str(exc))) from None
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     except InstantFTError as exc:
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -5,23 +5,24 @@ Each field's docstring is its help text, and each group checks its own ranges (b
 ``__post_init__`` with a one-line :class:`InstantFTError`; the command line is derived from
 these classes (:mod:`instantft.cli`), so a flag, its type, its help and its check are written
 once. ``None`` means "the default", resolved where it depends on something else (the dataset's
-learning rate, the adapter record's task). :meth:`RunConfig.fine_tune_config` maps the groups
-onto :class:`instantft.methods.FineTuneConfig`, which the methods take.
+learning rate, the adapter record's task). :func:`instantft.run.fine_tune_config` maps the
+groups onto :class:`instantft.methods.FineTuneConfig`, which the methods take.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from instantft.errors import InstantFTError
 
 if TYPE_CHECKING:
     from instantft.fixedpoint import FixedPointConfig
-    from instantft.methods import FineTuneConfig
 
 #: what one run may allocate for the adapters' tensors, their gradients and the Forward Cache
 MEMORY_BUDGET_BYTES = 2 * 2**30
@@ -98,10 +99,12 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which frozen backbone: the bundled LeNet-5, a LeNet-5 checkpoint, or your own model."""
+    """Which frozen backbone: a bundled one, a checkpoint from `instantft pretrain`, or your own model."""
 
+    backbone: str | None = None
+    """Bundled backbone for a built-in task: lenet5 (the paper's, default), mlp or resnet8."""
     checkpoint: Path | None = None
-    """LeNet-5 checkpoint from `instantft pretrain` (default: the bundled one for the dataset)."""
+    """Checkpoint from `instantft pretrain` (default: the bundled one for the dataset)."""
     model: str | None = None
     """Your own model: package.module:factory, a function returning the torch.nn.Module
     (a classifier: batch -> logits)."""
@@ -112,12 +115,18 @@ class ModelConfig:
     comma-separated module names (exact, suffix or re:regex; name:output for a module's output)."""
 
     def __post_init__(self) -> None:
+        from instantft.models import FAMILIES
+
+        if self.backbone is not None and self.backbone not in FAMILIES:
+            raise InstantFTError(f"--backbone must be one of {', '.join(FAMILIES)}, got {self.backbone!r}")
         if self.model is not None:
+            if self.backbone is not None:
+                raise InstantFTError("give --backbone (a bundled network) or --model (your own), not both")
             module, sep, attr = self.model.partition(":")
             if not sep or not module or not attr.isidentifier():
                 raise InstantFTError(f"--model must be package.module:factory, got {self.model!r}")
             if self.checkpoint is not None:
-                raise InstantFTError("--checkpoint is a LeNet-5 checkpoint; with --model give --weights")
+                raise InstantFTError("--checkpoint is an in-tree checkpoint; with --model give --weights")
         elif self.weights is not None:
             raise InstantFTError("--weights needs --model (the function that builds the network)")
         if not self.tap_spec:
@@ -270,14 +279,12 @@ class RunConfig:
         given = getattr(self.training, name, None)
         return given if given is not None else {"epochs": 10, "batch_size": 20}[name]
 
-    def fine_tune_config(self) -> FineTuneConfig:
-        """The groups mapped onto the methods' :class:`FineTuneConfig` (``None`` = its default)."""
-        from instantft.run import config_for
-
+    def groups(self) -> dict[str, Any]:
+        """The fields of the groups :class:`FineTuneConfig` is made of (``None`` = its default)."""
         chosen: dict[str, Any] = {}
         for group in (self.training, self.loop, self.adapter, self.cache):
             chosen.update({f.name: getattr(group, f.name) for f in fields(group)})
-        return config_for(self.task.dataset or "", seed=self.seed, **chosen)
+        return chosen
 
 
 def human_bytes(n: float) -> str:
@@ -303,3 +310,35 @@ def check_adapter_memory(rank: int, sizes: list[int], num_classes: int, cache_by
             f"--rank {rank} needs {human_bytes(need)} for the adapters, their gradients and the cache, "
             f"more than the {human_bytes(MEMORY_BUDGET_BYTES)} memory budget"
         )
+
+
+# --- argparse, for subcommands defined in lower modules (reproduce, table1, bench, export, ...) --
+# They build their parsers with these (``sub.add_parser(..., parents=[common()])``), so they
+# never import the CLI module, which imports them.
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class UsageError(InstantFTError):
+    """A flag or value the parser refuses."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for the subcommands registered through ``instantft.cli.PARSERS``: a usage error is one
+    line (raised, printed by ``instantft.cli.main``), and ``-1e-3`` / ``-.5`` / ``-inf`` are values."""
+
+    NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NEGATIVE
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {one_line(message)}")
+
+
+def common() -> argparse.ArgumentParser:
+    """Options every argparse subcommand takes (``parents=[common()]``)."""
+    p = Parser(add_help=False)
+    p.add_argument("--data-dir", default=None, help="where dataset files are looked for first")
+    return p

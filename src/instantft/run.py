@@ -27,15 +27,15 @@ def base_dataset(dataset: str) -> str:
 
 
 def load_backbone(
-    dataset: str, checkpoint: str | os.PathLike[str] | None = None, family: str = "lenet5"
+    dataset: str, checkpoint: str | os.PathLike[str] | None = None, family: str | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The checkpoint given, or the one of ``family`` (lenet5, mlp, resnet8) bundled for the drift
-    dataset's base dataset."""
+    """The checkpoint given (of ``family`` if one is named), or the one of ``family`` (lenet5 by
+    default, mlp, resnet8) bundled for the drift dataset's base dataset."""
     base = base_dataset(dataset)
     if base not in ARCH_FOR_DATASET:
         raise InstantFTError(f"unknown dataset {dataset!r}; valid: rotmnist, rotfmnist, svhn")
-    arch = arch_for(family, base)
-    path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(base, family)
+    arch = arch_for(family or "lenet5", base) if family is not None or checkpoint is None else None
+    path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(base, family or "lenet5")
     return load_checkpoint(path, expect_arch=arch)
 
 
@@ -230,12 +230,12 @@ def prepare(run: RunConfig) -> tuple[tuple[Any, dict[str, Any]], DriftTask]:
         meta["classes"] = loaded.classes
     else:
         assert t.dataset is not None
-        model, meta = load_backbone(t.dataset, m.checkpoint)
+        model, meta = load_backbone(t.dataset, m.checkpoint, m.backbone)
         task = make_task(
             t.dataset, angle=t.angle, samples=t.samples if t.samples is not None else 1024, seed=run.seed,
             eval_samples=t.eval_samples, data_dir=run.runtime.data_dir,
         )
-    config = run.fine_tune_config()
+    config = fine_tune_config(run)
     check_steps(config.epochs, len(task.finetune), config.batch_size)
     from instantft.backbones import Backbone
 
@@ -248,6 +248,12 @@ def prepare(run: RunConfig) -> tuple[tuple[Any, dict[str, Any]], DriftTask]:
     return (backbone, meta), task
 
 
+def fine_tune_config(run: RunConfig) -> FineTuneConfig:
+    """The command line's groups mapped onto the methods' :class:`FineTuneConfig`, with the
+    dataset's paper learning rate unless ``--lr`` is given."""
+    return config_for(run.task.dataset or "", seed=run.seed, **run.groups())
+
+
 def run_config(run: RunConfig) -> RunResult:
     """One run from the command line's typed settings (see :mod:`instantft.config`)."""
     if run.runtime.threads is not None:
@@ -255,6 +261,6 @@ def run_config(run: RunConfig) -> RunResult:
     backbone, task = prepare(run)
     fixed = run.numerics.fixed()
     return finetune(
-        run.method, run.dataset, config=run.fine_tune_config(), task=task, backbone=backbone,
+        run.method, run.dataset, config=fine_tune_config(run), task=task, backbone=backbone,
         numerics=run.numerics.numerics, fixed=fixed,
     )
