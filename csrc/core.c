@@ -45,6 +45,27 @@ static int64_t ift_conv_work(const ift_op *op)
 /* 16 floats: the partial sums of every dot product of the fill, whatever the target's registers */
 typedef float ift_v16 __attribute__((vector_size(64), aligned(4), may_alias));
 #define ift_load16(p) (*(const ift_v16 *)(p))
+typedef float ift_v8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float ift_v4 __attribute__((vector_size(16), aligned(4), may_alias));
+
+/* horizontal sums as a fixed tree (halves added, down to 4 lanes): the same order on every
+ * instruction set, and a few extract+add instructions instead of one add per lane */
+#define IFT_INLINE static inline __attribute__((always_inline))
+IFT_INLINE float ift_sum_4(ift_v4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+IFT_INLINE float ift_sum_8(ift_v8 v)
+{
+    ift_v4 a, b;
+    memcpy(&a, &v, sizeof a);
+    memcpy(&b, (const char *)&v + sizeof a, sizeof b);
+    return ift_sum_4(a + b);
+}
+IFT_INLINE float ift_sum_16(ift_v16 v)
+{
+    ift_v8 a, b;
+    memcpy(&a, &v, sizeof a);
+    memcpy(&b, (const char *)&v + sizeof a, sizeof b);
+    return ift_sum_8(a + b);
+}
 
 #define IFT_CAT_(a, b) a##_##b
 #define IFT_CAT(a, b) IFT_CAT_(a, b)
@@ -54,12 +75,16 @@ typedef float ift_v16 __attribute__((vector_size(64), aligned(4), may_alias));
 #define IFT_JB 8
 #define IFT_VW 4
 #define IFT_LO 2
+#define IFT_HS 2
+#define IFT_TW IFT_VW
 #define IFT_DECODE 0
 #include "kern.h"
 #undef KN
 #undef IFT_JB
 #undef IFT_VW
 #undef IFT_LO
+#undef IFT_HS
+#undef IFT_TW
 #undef IFT_DECODE
 
 #ifdef IFT_X86_DISPATCH
@@ -69,12 +94,16 @@ typedef float ift_v16 __attribute__((vector_size(64), aligned(4), may_alias));
 #define IFT_JB 16
 #define IFT_VW 8
 #define IFT_LO 2
+#define IFT_HS 2
+#define IFT_TW IFT_VW
 #define IFT_DECODE 1
 #include "kern.h"
 #undef KN
 #undef IFT_JB
 #undef IFT_VW
 #undef IFT_LO
+#undef IFT_HS
+#undef IFT_TW
 #undef IFT_DECODE
 #pragma GCC pop_options
 
@@ -84,12 +113,16 @@ typedef float ift_v16 __attribute__((vector_size(64), aligned(4), may_alias));
 #define IFT_JB 32
 #define IFT_VW 16
 #define IFT_LO 4
+#define IFT_HS 4
+#define IFT_TW 8
 #define IFT_DECODE 2
 #include "kern.h"
 #undef KN
 #undef IFT_JB
 #undef IFT_VW
 #undef IFT_LO
+#undef IFT_HS
+#undef IFT_TW
 #undef IFT_DECODE
 #pragma GCC pop_options
 #endif

@@ -9,12 +9,22 @@
  * contraction. */
 
 #define IFT_ALWAYS_INLINE static inline __attribute__((always_inline))
+#ifndef EPI_NONE
+#define EPI_NONE 0
+#define EPI_RELU 1
+#define EPI_RELU_POOL 2
+#endif
 
 /* this copy's native vector (IFT_VW floats), unaligned loads and stores */
 typedef float KN(vf) __attribute__((vector_size(IFT_VW * 4), aligned(4), may_alias));
 /* the vector type is may_alias and aligned(4): dereferencing it is an unaligned load/store */
 IFT_ALWAYS_INLINE KN(vf) KN(load)(const float *p) { return *(const KN(vf) *)p; }
 IFT_ALWAYS_INLINE void KN(store)(float *p, KN(vf) v) { *(KN(vf) *)p = v; }
+/* the training loop's vector (IFT_TW floats: 256-bit on AVX-512 too, which measured faster there:
+ * its rows are not 64-byte aligned, so 512-bit loads split across cache lines) */
+typedef float KN(tv) __attribute__((vector_size(IFT_TW * 4), aligned(4), may_alias));
+IFT_ALWAYS_INLINE KN(tv) KN(tload)(const float *p) { return *(const KN(tv) *)p; }
+IFT_ALWAYS_INLINE void KN(tstore)(float *p, KN(tv) v) { *(KN(tv) *)p = v; }
 IFT_ALWAYS_INLINE KN(vf) KN(splat)(float x)
 {
     KN(vf) zero = {0};
@@ -81,8 +91,10 @@ static void KN(conv_tiles)(const ift_op *op, const float *x, int64_t sc, int64_t
 }
 
 /* conv2d: stride 1 straight from a zero-padded copy of the input (the output computed on rows of
- * Wp columns, then compacted); other strides through an im2col buffer. Work sizes: ift_conv_work. */
-static void KN(conv2d)(const ift_op *op, const float *in, float *out, float *work)
+ * Wp columns, then compacted); other strides through an im2col buffer. Work sizes: ift_conv_work.
+ * epi: the ops fused after it, EPI_NONE, EPI_RELU, or EPI_RELU_POOL (ReLU then 2x2/2 max-pool,
+ * stride-1 convs only): written straight from the wide rows, max(relu(a), relu(b)) = relu(max(a, b)). */
+static void KN(conv2d)(const ift_op *op, const float *in, float *out, float *work, int epi)
 {
     const int64_t C = op->in_c, H = op->in_h, W = op->in_w, kh = op->kh, kw = op->kw;
     const int64_t Ho = op->out_h, Wo = op->out_w, N = Ho * Wo;
@@ -100,9 +112,30 @@ static void KN(conv2d)(const ift_op *op, const float *in, float *out, float *wor
             memcpy(pad, in, (size_t)(C * H * W) * sizeof(float));
         }
         KN(conv_tiles)(op, pad, Hp * Wp, Wp, 1, Mp, wide, Mp, Mp);
+        if (epi == EPI_RELU_POOL) {
+            const int64_t Po = Ho / 2, Qo = Wo / 2;
+            for (int64_t co = 0; co < op->out_c; co++)
+                for (int64_t py = 0; py < Po; py++) {
+                    const float *r0 = wide + co * Mp + 2 * py * Wp, *r1 = r0 + Wp;
+                    float *d = out + (co * Po + py) * Qo;
+                    for (int64_t px = 0; px < Qo; px++) {
+                        float a = r0[2 * px] > r0[2 * px + 1] ? r0[2 * px] : r0[2 * px + 1];
+                        float b = r1[2 * px] > r1[2 * px + 1] ? r1[2 * px] : r1[2 * px + 1];
+                        float m = a > b ? a : b;
+                        d[px] = m > 0.0f ? m : 0.0f;
+                    }
+                }
+            return;
+        }
         for (int64_t co = 0; co < op->out_c; co++)
-            for (int64_t y = 0; y < Ho; y++)
-                memcpy(out + (co * Ho + y) * Wo, wide + co * Mp + y * Wp, (size_t)Wo * sizeof(float));
+            for (int64_t y = 0; y < Ho; y++) {
+                const float *r = wide + co * Mp + y * Wp;
+                float *d = out + (co * Ho + y) * Wo;
+                if (epi == EPI_RELU)
+                    for (int64_t x = 0; x < Wo; x++) d[x] = r[x] > 0.0f ? r[x] : 0.0f;
+                else
+                    memcpy(d, r, (size_t)Wo * sizeof(float));
+            }
         return;
     }
     const int64_t Np = (N + IFT_JB_MAX - 1) / IFT_JB_MAX * IFT_JB_MAX;
@@ -122,16 +155,13 @@ static void KN(conv2d)(const ift_op *op, const float *in, float *out, float *wor
                 for (int64_t j = N; j < Np; j++) dst[j] = 0.0f;
             }
     KN(conv_tiles)(op, col, kh * kw * Np, kw * Np, Np, Np, out, N, N);
+    if (epi == EPI_RELU)
+        for (int64_t j = 0; j < op->out_c * N; j++) out[j] = out[j] > 0.0f ? out[j] : 0.0f;
 }
 
 /* 16-lane dot product in a fixed summation order (the same on every instruction set: the 16
  * partial sums are one 64-byte vector, split into registers as the target has them) */
-IFT_ALWAYS_INLINE float KN(hsum16)(ift_v16 s)
-{
-    float t = 0.0f;
-    for (int l = 0; l < 16; l++) t += s[l];
-    return t;
-}
+IFT_ALWAYS_INLINE float KN(hsum16)(ift_v16 s) { return ift_sum_16(s); }
 
 IFT_ALWAYS_INLINE float KN(dot16)(const float *a, const float *x, int64_t n)
 {
@@ -266,14 +296,25 @@ static void KN(forward_group)(const ift_chain *ch, const float *const *image, fl
     for (int32_t k = 0; k < ch->n_ops; k++) {
         const ift_op *op = &ch->ops[k];
         const int64_t in_size = (int64_t)op->in_c * op->in_h * op->in_w;
-        const int last = k == ch->n_ops - 1;
+        int epi = EPI_NONE, skip = 0;
+        if (op->kind == IFT_OP_CONV2D) { /* fuse the ReLU (and a 2x2/2 pool) that follow, when untapped */
+            const ift_op *r = k + 1 < ch->n_ops ? &ch->ops[k + 1] : NULL;
+            const ift_op *p = k + 2 < ch->n_ops ? &ch->ops[k + 2] : NULL;
+            if (r && r->kind == IFT_OP_RELU && r->tap == IFT_TAP_NONE) {
+                epi = EPI_RELU, skip = 1;
+                if (p && p->kind == IFT_OP_MAXPOOL && p->tap == IFT_TAP_NONE && op->sh == 1 && op->sw == 1 &&
+                    p->kh == 2 && p->kw == 2 && p->sh == 2 && p->sw == 2 && p->ph == 0 && p->pw == 0)
+                    epi = EPI_RELU_POOL, skip = 2;
+            }
+        }
+        const int last = k + skip == ch->n_ops - 1;
         for (int i = 0; i < g; i++) {
             if (op->tap == IFT_TAP_CACHED) memcpy(row[i] + op->tap_offset, cur[i], (size_t)in_size * sizeof(float));
             dst[i] = last ? row[i] + ch->logit_offset : work + (2 * i + which[i]) * ch->act_floats;
         }
         switch (op->kind) {
         case IFT_OP_CONV2D:
-            for (int i = 0; i < g; i++) KN(conv2d)(op, cur[i], dst[i], conv_work);
+            for (int i = 0; i < g; i++) KN(conv2d)(op, cur[i], dst[i], conv_work, epi);
             break;
         case IFT_OP_LINEAR: KN(linear_group)(op, cur, dst, g); break;
         case IFT_OP_MAXPOOL:
@@ -305,6 +346,7 @@ static void KN(forward_group)(const ift_chain *ch, const float *const *image, fl
             if (dst[i] != cur[i]) which[i] ^= 1;
             cur[i] = dst[i];
         }
+        k += skip;
     }
 }
 
@@ -370,19 +412,19 @@ static void KN(decode)(const uint8_t *codes, const float *absmax, int64_t blocks
 
 /* ---- the Skip-LoRA step ----------------------------------------------------------------- */
 
-/* h[b][k][r0+q] = A[r0+q, c0:c0+n] . x_b[0:n] for NS samples and 4 ranks (IFT_VW lanes each) */
+/* h[b][k][r0+q] = A[r0+q, c0:c0+n] . x_b[0:n] for NS samples and 4 ranks (IFT_TW lanes each) */
 IFT_ALWAYS_INLINE void KN(hdot)(const int ns, const float *A, int64_t D, int64_t r0, int64_t c0, int64_t n,
                                 const float *const *x, float *h, int64_t KR, int64_t k, int64_t R)
 {
-    KN(vf) s[2][4];
+    KN(tv) s[4][4];
     for (int i = 0; i < ns; i++)
-        for (int q = 0; q < 4; q++) s[i][q] = KN(splat)(0.0f);
+        for (int q = 0; q < 4; q++) s[i][q] = (KN(tv)){0};
     const float *a0 = A + r0 * D + c0, *a1 = a0 + D, *a2 = a1 + D, *a3 = a2 + D;
     int64_t j = 0;
-    for (; j + IFT_VW <= n; j += IFT_VW) {
-        KN(vf) p0 = KN(load)(a0 + j), p1 = KN(load)(a1 + j), p2 = KN(load)(a2 + j), p3 = KN(load)(a3 + j);
+    for (; j + IFT_TW <= n; j += IFT_TW) {
+        KN(tv) p0 = KN(tload)(a0 + j), p1 = KN(tload)(a1 + j), p2 = KN(tload)(a2 + j), p3 = KN(tload)(a3 + j);
         for (int i = 0; i < ns; i++) {
-            KN(vf) v = KN(load)(x[i] + j);
+            KN(tv) v = KN(tload)(x[i] + j);
             s[i][0] += p0 * v;
             s[i][1] += p1 * v;
             s[i][2] += p2 * v;
@@ -394,29 +436,45 @@ IFT_ALWAYS_INLINE void KN(hdot)(const int ns, const float *A, int64_t D, int64_t
             const float *aq = A + (r0 + q) * D + c0;
             float tail = 0.0f;
             for (int64_t l = j; l < n; l++) tail += aq[l] * x[i][l];
-            float t = 0.0f;
-            for (int l = 0; l < IFT_VW; l++) t += s[i][q][l];
-            h[i * KR + k * R + r0 + q] = t + tail;
+            h[i * KR + k * R + r0 + q] = IFT_CAT(ift_sum, IFT_TW)(s[i][q]) + tail;
         }
 }
 
-/* A[r0+q, c0+j] -= sum_i f[b+i][k][r0+q] * x_i[j] for j in [j0, j1), NS samples, 4 ranks */
+/* A[r0+q, c0+j] -= sum_i f[b+i][k][r0+q] * x_i[j] for j in [j0, j1), NS samples, 4 ranks: j outside,
+ * so each x_i vector is loaded once for the four rows of A */
 IFT_ALWAYS_INLINE void KN(aupd)(const int ns, float *A, int64_t D, int64_t r0, int64_t c0, int64_t j0, int64_t j1,
                                 const float *const *x, const float *f, int64_t KR, int64_t k, int64_t R)
 {
     float fq[4][4];
     for (int i = 0; i < ns; i++)
         for (int q = 0; q < 4; q++) fq[i][q] = f[i * KR + k * R + r0 + q];
-    for (int q = 0; q < 4; q++) {
-        float *a = A + (r0 + q) * D + c0;
-        if (ns == 4) {
-            const float f0 = fq[0][q], f1 = fq[1][q], f2 = fq[2][q], f3 = fq[3][q];
-            const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
-            for (int64_t j = j0; j < j1; j++) a[j] -= f0 * x0[j] + f1 * x1[j] + f2 * x2[j] + f3 * x3[j];
-        } else {
-            const float f0 = fq[0][q], *x0 = x[0];
-            for (int64_t j = j0; j < j1; j++) a[j] -= f0 * x0[j];
+    float *a[4] = {A + r0 * D + c0, A + (r0 + 1) * D + c0, A + (r0 + 2) * D + c0, A + (r0 + 3) * D + c0};
+    int64_t j = j0;
+    if (ns == 4) {
+        const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+        /* (f0 x0 + f1 x1) + (f2 x2 + f3 x3): a tree, so the FMAs are not one dependent chain, and two
+         * vectors an iteration */
+        for (; j + 2 * IFT_TW <= j1; j += 2 * IFT_TW)
+            for (int u = 0; u < 2; u++) {
+                const int64_t jj = j + u * IFT_TW;
+                KN(tv) v0 = KN(tload)(x0 + jj), v1 = KN(tload)(x1 + jj), v2 = KN(tload)(x2 + jj),
+                       v3 = KN(tload)(x3 + jj);
+                for (int q = 0; q < 4; q++) {
+                    KN(tv) d = (v0 * fq[0][q] + v1 * fq[1][q]) + (v2 * fq[2][q] + v3 * fq[3][q]);
+                    KN(tstore)(a[q] + jj, KN(tload)(a[q] + jj) - d);
+                }
+            }
+        for (; j < j1; j++)
+            for (int q = 0; q < 4; q++)
+                a[q][j] -= (x0[j] * fq[0][q] + x1[j] * fq[1][q]) + (x2[j] * fq[2][q] + x3[j] * fq[3][q]);
+    } else {
+        const float *x0 = x[0];
+        for (; j + IFT_TW <= j1; j += IFT_TW) {
+            KN(tv) v0 = KN(tload)(x0 + j);
+            for (int q = 0; q < 4; q++) KN(tstore)(a[q] + j, KN(tload)(a[q] + j) - v0 * fq[0][q]);
         }
+        for (; j < j1; j++)
+            for (int q = 0; q < 4; q++) a[q][j] -= x0[j] * fq[0][q];
     }
 }
 
@@ -428,12 +486,12 @@ static void KN(step_forward)(const ift_adapters *ad, const float *const *xin, in
         const int64_t *sg = ad->seg + 4 * k;
         const int64_t src = sg[0], off = sg[1], c0 = sg[2], n = sg[3];
         for (int64_t b = b0; b < b1;) {
-            const int ns = b + 2 <= b1 ? 2 : 1;
-            const float *x[2];
+            const int ns = b + IFT_HS <= b1 ? IFT_HS : 1;
+            const float *x[4];
             for (int i = 0; i < ns; i++) x[i] = xin[2 * (b + i) + (src == IFT_SRC_CACHE)] + off;
             for (int64_t r0 = 0; r0 < R; r0 += 4) {
-                if (ns == 2)
-                    KN(hdot)(2, ad->A, D, r0, c0, n, x, h + b * KR, KR, k, R);
+                if (ns == IFT_HS)
+                    KN(hdot)(IFT_HS, ad->A, D, r0, c0, n, x, h + b * KR, KR, k, R);
                 else
                     KN(hdot)(1, ad->A, D, r0, c0, n, x, h + b * KR, KR, k, R);
             }
@@ -472,6 +530,7 @@ static void KN(step_update)(const ift_adapters *ad, const float *const *xin, int
 static double KN(step_head)(const ift_adapters *ad, const float *const *xin, const int64_t *labels, int64_t nb,
                             float lr, const float *h, float *g, float *f, float *y)
 {
+    /* K*R is a multiple of 4 (R is): every loop over it runs on 4-float vectors */
     const int64_t C = ad->C, KR = ad->K * ad->R;
     float *B = ad->B;
     double loss = 0.0;
@@ -480,9 +539,9 @@ static double KN(step_head)(const ift_adapters *ad, const float *const *xin, con
         float m = -INFINITY;
         for (int64_t c = 0; c < C; c++) {
             const float *bc = B + c * KR;
-            float v = 0.0f;
-            for (int64_t j = 0; j < KR; j++) v += bc[j] * hb[j];
-            y[c] = row[ad->logit_offset + c] + ad->scale * v;
+            ift_v4 v = {0};
+            for (int64_t j = 0; j < KR; j += 4) v += *(const ift_v4 *)(bc + j) * *(const ift_v4 *)(hb + j);
+            y[c] = row[ad->logit_offset + c] + ad->scale * ift_sum_4(v);
             m = y[c] > m || y[c] != y[c] ? y[c] : m;
         }
         float total = 0.0f, *gb = g + b * C;
@@ -496,19 +555,20 @@ static double KN(step_head)(const ift_adapters *ad, const float *const *xin, con
         gb[label] -= 1.0f / (float)nb;
     }
     const float step = lr * ad->scale;
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t b = 0; b < nb; b++) { /* f = lr*scale*g B, with B from before the step */
         float *fb = f + b * KR;
-        for (int64_t j = 0; j < KR; j++) fb[j] = 0.0f;
-        for (int64_t c = 0; c < C; c++) {
-            const float gc = step * g[b * C + c], *bc = B + c * KR;
-            for (int64_t j = 0; j < KR; j++) fb[j] += gc * bc[j];
+        for (int64_t j = 0; j < KR; j += 4) {
+            ift_v4 acc = {0};
+            for (int64_t c = 0; c < C; c++) acc += *(const ift_v4 *)(B + c * KR + j) * (step * g[b * C + c]);
+            *(ift_v4 *)(fb + j) = acc;
         }
     }
-    for (int64_t c = 0; c < C; c++) {
+    for (int64_t c = 0; c < C; c++) { /* B -= lr*scale*g^T h */
         float *bc = B + c * KR;
-        for (int64_t b = 0; b < nb; b++) {
-            const float gc = step * g[b * C + c], *hb = h + b * KR;
-            for (int64_t j = 0; j < KR; j++) bc[j] -= gc * hb[j];
+        for (int64_t j = 0; j < KR; j += 4) {
+            ift_v4 acc = *(const ift_v4 *)(bc + j);
+            for (int64_t b = 0; b < nb; b++) acc -= *(const ift_v4 *)(h + b * KR + j) * (step * g[b * C + c]);
+            *(ift_v4 *)(bc + j) = acc;
         }
     }
     return loss / (double)nb;
@@ -565,9 +625,9 @@ static int64_t KN(train)(const ift_adapters *ad, const ift_cache *cache, const f
 #else
             int nt = 1, me = 0;
 #endif
-            {   /* samples in pairs, split evenly */
-                int64_t pairs = (nb + 1) / 2, p0 = pairs * me / nt, p1 = pairs * (me + 1) / nt;
-                int64_t b0 = 2 * p0, b1 = 2 * p1 < nb ? 2 * p1 : nb;
+            {   /* samples in groups of IFT_HS, split evenly */
+                int64_t groups = (nb + IFT_HS - 1) / IFT_HS, p0 = groups * me / nt, p1 = groups * (me + 1) / nt;
+                int64_t b0 = IFT_HS * p0, b1 = IFT_HS * p1 < nb ? IFT_HS * p1 : nb;
                 if (b0 < b1) KN(step_forward)(ad, xin, b0, b1, h);
             }
 #ifdef _OPENMP

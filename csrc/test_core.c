@@ -10,53 +10,11 @@
 #include <string.h>
 
 #include "instantft.h"
+#include "test_dump.h"
 
 #define RTOL 1e-5
 
-typedef struct {
-    char name[64];
-    int dtype; /* 0 f32, 1 i64, 2 u8, 3 f64 */
-    uint64_t count;
-    void *data;
-} array;
-
-static array arrays[128];
-static int n_arrays, failures;
-
-static void *get(const char *name, int dtype, uint64_t *count)
-{
-    for (int i = 0; i < n_arrays; i++)
-        if (strcmp(arrays[i].name, name) == 0) {
-            if (arrays[i].dtype != dtype) break;
-            if (count) *count = arrays[i].count;
-            return arrays[i].data;
-        }
-    fprintf(stderr, "golden: no array %s of dtype %d\n", name, dtype);
-    exit(2);
-}
-
-static int load(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char magic[8];
-    if (!f || fread(magic, 1, 8, f) != 8 || memcmp(magic, "IFTGOLD1", 8)) return -1;
-    uint32_t n;
-    while (fread(&n, 4, 1, f) == 1) {
-        array *a = &arrays[n_arrays];
-        uint8_t dtype;
-        if (n >= sizeof a->name || n_arrays >= 128 || fread(a->name, 1, n, f) != n || fread(&dtype, 1, 1, f) != 1 ||
-            fread(&a->count, 8, 1, f) != 1)
-            return -1;
-        a->name[n] = 0;
-        a->dtype = dtype;
-        size_t size = dtype == 2 ? 1 : dtype == 0 ? 4 : 8;
-        a->data = malloc(a->count * size + 1);
-        if (!a->data || fread(a->data, size, a->count, f) != a->count) return -1;
-        n_arrays++;
-    }
-    fclose(f);
-    return 0;
-}
+static int failures;
 
 static void check(int ok, const char *what)
 {
@@ -111,24 +69,8 @@ int main(int argc, char **argv)
 
     /* ---- the chain forward against the backbone's torch trace ---- */
     const int64_t *shape = get("in_shape", 1, NULL);
-    uint64_t nops9;
-    const int64_t *opv = get("ops", 1, &nops9);
-    int32_t n_ops = (int32_t)(nops9 / 9);
     ift_op ops[32];
-    memset(ops, 0, sizeof ops);
-    for (int32_t i = 0; i < n_ops; i++) {
-        const int64_t *o = opv + 9 * i;
-        ops[i].kind = (int32_t)o[0], ops[i].out_c = (int32_t)o[1], ops[i].kh = (int32_t)o[2], ops[i].kw = (int32_t)o[3];
-        ops[i].sh = (int32_t)o[4], ops[i].sw = (int32_t)o[5], ops[i].ph = (int32_t)o[6], ops[i].pw = (int32_t)o[7];
-        ops[i].tap = (int32_t)o[8];
-        char name[16];
-        snprintf(name, sizeof name, "w%d", (int)i);
-        for (int a = 0; a < n_arrays; a++)
-            if (strcmp(arrays[a].name, name) == 0) ops[i].weight = arrays[a].data;
-        snprintf(name, sizeof name, "b%d", (int)i);
-        for (int a = 0; a < n_arrays; a++)
-            if (strcmp(arrays[a].name, name) == 0) ops[i].bias = arrays[a].data;
-    }
+    int32_t n_ops = load_ops(ops, 32);
     ift_chain ch;
     char err[128];
     int rc = ift_chain_init(&ch, ops, n_ops, (int32_t)shape[0], (int32_t)shape[1], (int32_t)shape[2], err, sizeof err);
@@ -296,7 +238,7 @@ int main(int argc, char **argv)
     ift_cache_free(&imported);
     free(codes), free(absmax), free(dec), free(rows), free(one), free(work), free(fc), free(ec), free(fa), free(ea);
     free(keys), free(A), free(B), free(slot_of), free(losses), free(dA), free(dB), free(logits);
-    for (int i = 0; i < n_arrays; i++) free(arrays[i].data);
+    free_arrays();
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     return failures ? 1 : 0;
 }

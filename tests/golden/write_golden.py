@@ -8,15 +8,13 @@ at conversion, a 3×3/2 pool with padding, a strided conv (im2col), flatten and 
 taps (the image, two cached maps, a hidden vector), rank 3 (padded to 4), five classes, a row of
 189 values (NF4: three blocks, the last one padded), batches of 7 with a short last one.
 
-Format (little-endian): ``b"IFTGOLD1"``, then named arrays: u32 name length, name, u8 dtype
-(0 float32, 1 int64, 2 uint8, 3 float64), u64 count, the values. ``python write_golden.py OUT``
+Format: :func:`instantft.engine.cengine.write_dump` (named arrays). ``python write_golden.py OUT``
 regenerates it.
 """
 
 from __future__ import annotations
 
 import itertools
-import struct
 import sys
 from pathlib import Path
 
@@ -27,12 +25,11 @@ from torch import nn
 from instantft import nf4
 from instantft.adapters import SkipAdapters
 from instantft.backbones import Backbone
+from instantft.engine import cengine
 from instantft.engine import chain as chain_mod
 from instantft.engine.layout import Layout
 from instantft.training import FineTuneConfig
 
-MAGIC = b"IFTGOLD1"
-DTYPES = {np.dtype(np.float32): 0, np.dtype(np.int64): 1, np.dtype(np.uint8): 2, np.dtype(np.float64): 3}
 N, IN_SHAPE, RANK, BATCH, EPOCHS, LR, SCALE = 23, (1, 12, 12), 3, 7, 2, 0.2, 1.5
 
 
@@ -88,15 +85,7 @@ def build() -> dict[str, np.ndarray]:
     cached = [t for t, tap in zip(taps, bb.taps, strict=True) if not tap.is_model_input]
     rows = torch.cat([*cached, logits], dim=1)
     q = nf4.quantize(rows)
-    out: dict[str, np.ndarray] = {}
-    ops = [[op.kind, op.out_c, *op.kernel, *op.stride, *op.padding, op.tap] for op in chain.ops]
-    out["in_shape"] = np.array(IN_SHAPE, np.int64)
-    out["ops"] = np.array(ops, np.int64)
-    for i, op in enumerate(chain.ops):  # BN folded: the weights the chain runs with
-        if op.weight is not None:
-            out[f"w{i}"] = np.ascontiguousarray(op.weight, np.float32).ravel()
-        if op.bias is not None:
-            out[f"b{i}"] = np.ascontiguousarray(op.bias, np.float32).ravel()
+    out = cengine.chain_arrays(chain)  # BN folded: the weights the chain runs with
     out["images"] = images.reshape(N, -1).numpy()
     out["labels"] = labels.numpy().astype(np.int64)
     out["rows"] = rows.numpy()
@@ -152,31 +141,7 @@ def build() -> dict[str, np.ndarray]:
     return out
 
 
-def write(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:
-        f.write(MAGIC)
-        for name, a in arrays.items():
-            a = np.ascontiguousarray(a)
-            f.write(struct.pack("<I", len(name)) + name.encode())
-            f.write(struct.pack("<BQ", DTYPES[a.dtype], a.size))
-            f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
-
-
-def read(path: Path) -> dict[str, np.ndarray]:
-    data = path.read_bytes()
-    if not data.startswith(MAGIC):
-        raise ValueError(f"{path}: not a golden dump")
-    pos, out = len(MAGIC), {}
-    inverse = {v: k for k, v in DTYPES.items()}
-    while pos < len(data):
-        (n,) = struct.unpack_from("<I", data, pos)
-        name = data[pos + 4 : pos + 4 + n].decode()
-        dtype, count = struct.unpack_from("<BQ", data, pos + 4 + n)
-        pos += 4 + n + 9
-        dt = inverse[dtype].newbyteorder("<")
-        out[name] = np.frombuffer(data, dt, count, pos).copy()
-        pos += count * dt.itemsize
-    return out
+write, read = cengine.write_dump, cengine.read_dump
 
 
 if __name__ == "__main__":

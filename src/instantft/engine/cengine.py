@@ -13,7 +13,9 @@ import ctypes
 import functools
 import importlib.util
 import os
+import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -437,16 +439,66 @@ def train_nf4(
     return train(view, images, *args)[0]
 
 
+# --- dumps for the C test and bench programs ----------------------------------------------------
+#: named arrays, as csrc/test_core.c and csrc/bench/bench_core.c read them (little-endian): the magic,
+#: then per array a u32 name length, the name, a u8 dtype code, a u64 count and the values
+DUMP_MAGIC = b"IFTGOLD1"
+DUMP_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.int64): 1, np.dtype(np.uint8): 2, np.dtype(np.float64): 3}
+
+
+def write_dump(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        f.write(DUMP_MAGIC)
+        for name, a in arrays.items():
+            a = np.ascontiguousarray(a)
+            f.write(struct.pack("<I", len(name)) + name.encode())
+            f.write(struct.pack("<BQ", DUMP_DTYPES[a.dtype], a.size))
+            f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def read_dump(path: Path) -> dict[str, np.ndarray]:
+    data = Path(path).read_bytes()
+    if not data.startswith(DUMP_MAGIC):
+        raise ValueError(f"{path}: not an instantft array dump")
+    pos, out = len(DUMP_MAGIC), {}
+    inverse = {v: k for k, v in DUMP_DTYPES.items()}
+    while pos < len(data):
+        (n,) = struct.unpack_from("<I", data, pos)
+        name = data[pos + 4 : pos + 4 + n].decode()
+        code, count = struct.unpack_from("<BQ", data, pos + 4 + n)
+        pos += 4 + n + 9
+        dt = inverse[code].newbyteorder("<")
+        out[name] = np.frombuffer(data, dt, count, pos).copy()
+        pos += count * dt.itemsize
+    return out
+
+
+def chain_arrays(chain: Chain) -> dict[str, np.ndarray]:
+    """A chain as dump arrays: ``in_shape``, ``ops`` (n × 9: kind, out_c, kh, kw, sh, sw, ph, pw, tap),
+    ``w{i}`` and ``b{i}``."""
+    out: dict[str, np.ndarray] = {"in_shape": np.array(chain.in_shape, np.int64)}
+    out["ops"] = np.array([[o.kind, o.out_c, *o.kernel, *o.stride, *o.padding, o.tap] for o in chain.ops], np.int64)
+    for i, op in enumerate(chain.ops):
+        if op.weight is not None:
+            out[f"w{i}"] = np.ascontiguousarray(op.weight, np.float32).ravel()
+        if op.bias is not None:
+            out[f"b{i}"] = np.ascontiguousarray(op.bias, np.float32).ravel()
+    return out
+
+
 __all__ = [
     "Adapters",
     "Chain",
     "ChainOp",
     "available",
     "build_info",
+    "chain_arrays",
     "decode_rows",
     "encode_nf4",
     "library",
+    "read_dump",
     "train",
     "train_fp32",
     "train_nf4",
+    "write_dump",
 ]
