@@ -7,7 +7,7 @@ export INSTANTFT_DATA ?= $(abspath ../shared/data)
 
 .PHONY: demo test lint bench reproduce clean device device-aarch64
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py $(wildcard csrc/*.c csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
