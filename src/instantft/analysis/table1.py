@@ -216,7 +216,7 @@ def cmd_table1(args: argparse.Namespace) -> int:
 
 def add_table1(sub: Any) -> None:
     """Register ``instantft table1`` (imports only argparse-level code; the counting loads on use)."""
-    from instantft.cli import common
+    from instantft.config import common
 
     p = sub.add_parser(
         "table1", parents=[common()], help="parameters, FLOPs and memory per method, beside the paper's Table 1"

@@ -118,7 +118,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_export(sub: Any) -> None:
     """Register ``instantft export`` (listed in :data:`instantft.cli.PARSERS`)."""
-    from instantft.cli import common
+    from instantft.config import common
 
     p = sub.add_parser(
         "export", parents=[common()], help="Write a bundle for instantft-device (fine-tuning on the device)."

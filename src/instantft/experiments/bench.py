@@ -514,7 +514,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_bench(sub: Any) -> None:
-    from instantft.cli import common
+    from instantft.config import common
 
     p = sub.add_parser("bench", parents=[common()], help="time every method's fine-tune (issue 5's benchmark)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

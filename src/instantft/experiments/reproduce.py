@@ -465,7 +465,7 @@ def _fixedpoint(out: Path, cfg: ReproduceConfig) -> dict[str, Any]:
 
 
 def add_reproduce(sub: Any) -> None:
-    from instantft.cli import common
+    from instantft.config import common
 
     p = sub.add_parser("reproduce", parents=[common()], help="reproduce the paper's figures and tables")
     p.add_argument("--quick", action="store_true", help="2 seeds, 45° and 90° (a few minutes)")
