@@ -129,6 +129,9 @@ def test_svhn_rejects_an_angle(svhn_dir: Path, capsys: pytest.CaptureFixture[str
         (["reproduce", "--seeds", "x"], "instantft reproduce: argument --seeds: invalid int value: 'x'"),
         (["reproduce", "--frob"], "instantft reproduce: unrecognized arguments: --frob"),
         (["table1", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
+        (["table1", "--rank", str(2**64)], "argument --rank: 18446744073709551616 does not fit in 64 bits"),
+        (["bench", "--angle", "inf"], "argument --angle: must be a finite number, got inf"),
+        (["bench", "--angle", "-nan"], "argument --angle: must be a finite number, got -nan"),
     ],
 )
 def test_usage_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]):

@@ -336,6 +336,16 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {one_line(message)}")
 
+    def _get_value(self, action: argparse.Action, arg_string: str) -> Any:
+        """Every number at the top of its range too, whatever flag it is: an integer must fit in
+        64 bits and a float must be finite (each command checks its own narrower ranges)."""
+        value = super()._get_value(action, arg_string)  # type: ignore[misc]
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise argparse.ArgumentError(action, f"{arg_string} does not fit in 64 bits")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentError(action, f"must be a finite number, got {arg_string}")
+        return value
+
 
 def common() -> argparse.ArgumentParser:
     """Options every argparse subcommand takes (``parents=[common()]``)."""
