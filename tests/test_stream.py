@@ -244,6 +244,7 @@ def test_cli_json(capsys, tmp_path):
         (["--method", "magic"], "unknown method"),
         (["--retention", "lru"], "--retention"),
         (["--plot", "x.txt"], "--plot"),
+        (["--backbone", "vit"], "--backbone"),
     ],
 )
 def test_bad_inputs_fail_before_anything_runs(args, message, capsys, monkeypatch):

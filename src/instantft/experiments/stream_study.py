@@ -59,6 +59,7 @@ def plan() -> list[tuple[str, str, str, dict[str, Any]]]:
         for c in ("256", "1024", "4096")
     ]
     runs += [("trigger", s, "instantft", kw) for s in ("gradual", "abrupt") for kw in TRIGGERS]
+    runs += [("backbone", s, m, {"backbone": "mlp"}) for s in ("gradual", "abrupt") for m in METHODS]
     return runs
 
 
@@ -86,6 +87,7 @@ def compact(report: dict[str, Any], keep_curve: bool) -> dict[str, Any]:
 def run_study(out: Path, seeds: int, jobs_note: str, phase_length: int = 1000) -> None:
     from instantft.run import load_backbone
     from instantft.stream import StreamConfig, build_stream, run_stream
+    from instantft.stream.loop import load_stream_backbone
 
     torch.set_num_threads(1)
     path = out / "runs.json"
@@ -93,13 +95,13 @@ def run_study(out: Path, seeds: int, jobs_note: str, phase_length: int = 1000) -
     if path.exists():
         for r in json.loads(path.read_text()):
             done[r["key"]] = r
-    backbone, _ = load_backbone("rotmnist")
+    backbones = {"lenet5": load_backbone("rotmnist")[0]}
     todo = plan()
     total = seeds * len(todo)
     count = len([k for k in done if json.loads(k)[4] < seeds])
     # the schedule x method grid and the fixed-speed runs for every seed first, then the
     # InstantFT-only variants: if time runs short, what is missing is a variant's seeds
-    waves = [("main", "fixed_speed"), ("retention", "trigger")]
+    waves = [("main", "fixed_speed"), ("retention", "trigger"), ("backbone",)]
     for wave, seed, schedule in itertools.product(waves, range(seeds), SCHEDULES):
         mine = [(g, s, m, kw) for g, s, m, kw in todo if s == schedule and g in wave]
         if all(run_key(g, s, m, kw, seed) in done for g, s, m, kw in mine):
@@ -111,9 +113,11 @@ def run_study(out: Path, seeds: int, jobs_note: str, phase_length: int = 1000) -
                 continue
             t0 = time.perf_counter()
             config = StreamConfig(schedule=schedule, method=method, seed=seed, phase_length=phase_length, **kw)
-            report = run_stream(config, backbone=backbone, stream=stream)
+            if config.backbone not in backbones:
+                backbones[config.backbone] = load_stream_backbone("rotmnist", config.backbone)
+            report = run_stream(config, backbone=backbones[config.backbone], stream=stream)
             entry = {"key": key, "group": group, "schedule": s, "method": method, "overrides": kw, "seed": seed}
-            entry.update(compact(report, keep_curve=group in ("main", "fixed_speed")))
+            entry.update(compact(report, keep_curve=group in ("main", "fixed_speed", "backbone")))
             done[key] = entry
             atomic_write_json(path, list(done.values()))
             count += 1
@@ -412,6 +416,21 @@ def markdown(
                 f"| {r['schedule']} | {' + '.join(parts)} | {_pct(r['online_accuracy'])} | {r['adaptations']:.1f} | "
                 f"{r['adaptation_seconds_total']['mean']:.2f} | {100 * r['forgetting']['mean']:.1f} | "
                 f"{rec} ({r['recovery_not_reached']}/{r['recovery_switches']}) |"
+            )
+    lines += [
+        "",
+        "## Another backbone: the bundled MLP (784-128-64-10, MNIST), same streams",
+        "",
+        "| schedule | method | online acc. % | per phase % | adapt. time total s | latency median ms | forgetting pt | cache B |",  # noqa: E501
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["group"] == "backbone":
+            phases = " / ".join(f"{100 * p['online_accuracy']:.1f}" for p in r["phases"])
+            lines.append(
+                f"| {r['schedule']} | {r['method']} | {_pct(r['online_accuracy'])} | {phases} | "
+                f"{r['adaptation_seconds_total']['mean']:.2f} | {_num(r['latency_ms_median'])} | "
+                f"{100 * r['forgetting']['mean']:.1f} | {r['cache_bytes']:,.0f} |"
             )
     if memory:
         lines += [

@@ -44,6 +44,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         heldout=args.heldout,
         window=args.window,
         engine=args.engine,
+        backbone=args.backbone,
         data_dir=args.data_dir,
     )
 
@@ -154,6 +155,7 @@ def add_stream(sub: Sub) -> None:
     p.add_argument("--heldout", type=int, default=500, help="held-out images for the per-adaptation accuracy")
     p.add_argument("--window", type=int, default=200, help="window of the running accuracy")
     p.add_argument("--engine", default="auto", help="skip methods' training loop: auto, numba, torch, reference")
+    p.add_argument("--backbone", default="lenet5", help="bundled pre-trained backbone family: lenet5 (paper), mlp")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--json", action="store_true", help="print one JSON object, no live display")
     p.add_argument("--plot", default=None, help="write a plot of the windowed accuracy (PNG/PDF/SVG)")

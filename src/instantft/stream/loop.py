@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from instantft.engine import resolve_engine
 from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, Method, create, method_names
+from instantft.models import FAMILIES, arch_for, bundled_checkpoint, load_checkpoint
 from instantft.stream.retention import POLICIES, BoundedCache, Retention, make_retention, parse_capacity, row_bytes
 from instantft.stream.schedule import parse_schedule
 from instantft.stream.source import STREAM_DATASETS, Stream, StreamSet, build_stream
@@ -63,6 +64,7 @@ class StreamConfig:
     heldout: int = 500
     window: int = 200
     engine: Literal["auto", "numba", "torch", "reference"] = "auto"
+    backbone: str = "lenet5"  # family of the bundled pre-trained backbone (lenet5, mlp, ...)
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +86,7 @@ class StreamConfig:
             ),
             (self.arrival_batch >= 1, f"--arrival-batch must be >= 1, got {self.arrival_batch}"),
             (self.window >= 1, f"--window must be >= 1, got {self.window}"),
+            (self.backbone in FAMILIES, f"--backbone must be one of {', '.join(FAMILIES)}, got {self.backbone!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -372,6 +375,13 @@ def recovery(correct: np.ndarray, bounds: list[tuple[int, int]], s: Stream, cfg:
     return out
 
 
+def load_stream_backbone(dataset: str, family: str = "lenet5") -> Any:
+    """The bundled backbone of ``family`` pre-trained on the stream dataset's base dataset."""
+    base = dataset.removeprefix("rot")
+    model, _ = load_checkpoint(bundled_checkpoint(base, family), expect_arch=arch_for(family, base))
+    return model
+
+
 def run_stream(
     config: StreamConfig,
     on_progress: Callable[[Progress], None] | None = None,
@@ -379,10 +389,8 @@ def run_stream(
     stream: Stream | None = None,
 ) -> dict[str, Any]:
     """Build the stream (unless given) and run ``config``; the Python entry point."""
-    from instantft.run import load_backbone
-
     if backbone is None:
-        backbone, _ = load_backbone(config.dataset)
+        backbone = load_stream_backbone(config.dataset, config.backbone)
     # capacity and every other input are checked before the stream is drawn
     capacity_samples(config, create(config.method, backbone, config.finetune_config()))
     if stream is None:
