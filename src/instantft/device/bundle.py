@@ -251,8 +251,12 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> Bundle:
         raise InstantFTError(f"{path}: not a valid bundle ({exc})") from None
     if metadata.get("format") != FORMAT:
         raise InstantFTError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT}")
+    from instantft.fileio import tensor_shapes
+    from instantft.records import check_bundle, parse_json
+
     manifest_path = d / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = parse_json(manifest_path.read_bytes(), str(manifest_path), 1 << 24) if manifest_path.is_file() else {}
+    check_bundle(metadata, tensor_shapes(path, "bundle"), manifest or None, str(d))  # schemas: instantft.records
     return Bundle(tensors, metadata, manifest)
 
 
