@@ -239,7 +239,10 @@ def test_finetune_own_model_and_npz(user_files: Path, capsys: pytest.CaptureFixt
     assert record["dataset"] == "mine" and record["samples"] == 72 and record["eval_samples"] == 18
     assert record["epoch_losses"][-1] < record["epoch_losses"][0]
     assert record["checkpoint"]["architecture"] == "cli_test_models:build"
-    code, out, err = run(capsys, "evaluate", "--adapter", str(adapter), "--json")  # data and model from the record
+    code, _, err = run(capsys, "evaluate", "--adapter", str(adapter), "--json")
+    assert code == 2 and "fine-tuned on your own model (cli_test_models:build); pass --model, --weights" in err
+    code, out, err = run(capsys, "evaluate", "--adapter", str(adapter), "--model", "cli_test_models:build",
+                         "--json")  # the data file and the split from the record
     assert code == 0, err
     assert json.loads(out)["accuracy"] == pytest.approx(record["accuracy_after"])
 
@@ -253,10 +256,16 @@ def test_finetune_own_model_on_an_image_folder_with_taps(user_files: Path, capsy
     for i, (img, c) in enumerate(zip(x[:30], y[:30], strict=True)):
         (user_files / "folder" / f"class{c}").mkdir(parents=True, exist_ok=True)
         Image.fromarray((img * 255).astype(np.uint8)).save(user_files / "folder" / f"class{c}" / f"{i}.png")
+    adapter = user_files / "a.safetensors"
     code, out, err = run(capsys, "finetune", "--data", str(user_files / "folder"), "--model", "cli_test_models:build",
-                         "--taps", "3", "--method", "skip-lora", "--epochs", "1", "--batch-size", "6", "--json")
+                         "--taps", "3", "--method", "skip-lora", "--epochs", "1", "--batch-size", "6", "--json",
+                         "--save-adapter", str(adapter))
     assert code == 0, err
-    assert json.loads(out)["samples"] == 24
+    record = json.loads(out)
+    assert record["samples"] == 24
+    code, out, err = run(capsys, "evaluate", "--adapter", str(adapter), "--model", "cli_test_models:build", "--json")
+    assert code == 0, err  # the taps come from the adapter's record
+    assert json.loads(out)["accuracy"] == pytest.approx(record["accuracy_after"])
 
 
 def test_weights_are_loaded_and_checked(user_files: Path, capsys: pytest.CaptureFixture[str]):

@@ -264,10 +264,15 @@ def evaluate(
         samples=pick("samples", None if data is not None else 1024), eval_samples=pick("eval_samples", None),
         seed=pick("seed", 0),
     )
-    if data is not None and model.model is None and trained.get("model"):
-        model = replace(model, model=trained["model"], taps=trained.get("taps") or model.taps)
+    if data is not None and model.model is None:
+        # a model named in a file is never imported: that would run whatever code the file names
+        named = f" ({trained['model']})" if isinstance(trained.get("model"), str) else ""
+        raise InstantFTError(f"{adapter}: adapter was fine-tuned on your own model{named}; pass --model, --weights")
+    if data is not None and model.taps == "auto" and isinstance(trained.get("taps"), str):
+        model = replace(model, taps=trained["taps"])
     (backbone, _), drift = prepare(RunConfig("none", picked, model, runtime=runtime))
-    method, record = load_adapter(adapter, backbone)
+    # the plain module: load_adapter rebuilds the method with the taps its record names
+    method, record = load_adapter(adapter, getattr(backbone, "model", backbone))
     acc = accuracy(method.logits(drift.evaluate.images), drift.evaluate.labels)
     name = dataset or drift.dataset
     out = {"method": record["method"], "numerics": record.get("numerics", "float"), "dataset": name,
