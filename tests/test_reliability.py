@@ -218,6 +218,8 @@ def test_old_and_bundled_records_still_validate():
     root = Path(__file__).resolve().parents[1]
     for dataset in ("mnist", "fmnist"):
         assert read_metadata(bundled_checkpoint(dataset))["test_accuracy"] > 0.8
+    shipped = sorted(bundled_checkpoint("mnist").parent.glob("*.safetensors"))
+    assert len(shipped) >= 2 and all(read_metadata(p)["weights_sha256"] for p in shipped)
     results = root / "results" / "reproduce" / "results.json"
     if results.is_file():
         assert len(load_results(results)) > 0
