@@ -368,10 +368,16 @@ def _register_argparse(commands: dict[str, tuple[argparse.ArgumentParser, str]])
         app.command(forward, name=name, help=help_text)
 
 
+TYPED = ("pretrain", "finetune", "evaluate", "demo")  # the commands defined above
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     tokens = list(sys.argv[1:] if argv is None else argv)
     try:
         try:
+            if tokens and tokens[0] in TYPED:  # the argparse modules are not even imported
+                result = app(tokens)
+                return int(result) if isinstance(result, int) else 0
             commands = argparse_commands()
             _register_argparse(commands)
             if tokens and tokens[0] in commands:
