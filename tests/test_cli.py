@@ -388,3 +388,21 @@ def test_json_never_prints_a_bare_nan(capsys: pytest.CaptureFixture[str]):
     print_json({"loss": float("nan"), "losses": [1.0, float("inf")], "nested": {"x": -float("inf")}})
     out = capsys.readouterr().out
     assert json.loads(out) == {"loss": None, "losses": [1.0, None], "nested": {"x": None}} and "NaN" not in out
+
+
+def test_own_data_on_an_in_tree_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """MNIST digits as a user's .npz, fine-tuned from the bundled LeNet-5 checkpoint file."""
+    import numpy as np
+
+    from instantft.data import load_split
+    from instantft.models import bundled_checkpoint
+
+    test = load_split("mnist", "test")
+    x = (test.images[:200, 0].numpy() * 255).round().astype(np.uint8)
+    np.savez(tmp_path / "digits.npz", x=x, y=test.labels[:200].numpy())
+    code, out, err = run(capsys, "finetune", "--data", str(tmp_path / "digits.npz"), "--checkpoint",
+                         str(bundled_checkpoint("mnist")), "--method", "skip2-lora", "--epochs", "1", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["samples"] == 160 and record["eval_samples"] == 40
+    assert record["accuracy_before"] > 0.9  # upright MNIST on the MNIST backbone: the pixels went in unchanged

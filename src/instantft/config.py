@@ -259,7 +259,7 @@ class RunConfig:
         if self.task.dataset is None and self.task.data is None:
             raise InstantFTError("give --dataset (rotmnist, rotfmnist, svhn) or --data (an image folder or .npz file)")
         if self.model.model is not None and self.task.data is None:
-            raise InstantFTError("--model needs --data: the built-in tasks are for the bundled LeNet-5 backbones")
+            raise InstantFTError("--model needs --data: the built-in tasks run on the bundled backbones (--backbone)")
         samples = self.task.samples if self.task.samples is not None else 1024
         check_steps(self.fine_tune_defaults("epochs"), samples, self.fine_tune_defaults("batch_size"))
 

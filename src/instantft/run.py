@@ -223,8 +223,10 @@ def prepare(run: RunConfig) -> tuple[tuple[Any, dict[str, Any]], DriftTask]:
         loaded = load_user_data(t.data)
         if m.model is not None:
             model, meta = user_model(m.model, m.weights)
+        elif m.checkpoint is not None:  # an in-tree network, e.g. a LeNet-5 from `instantft pretrain`
+            model, meta = load_checkpoint(m.checkpoint)
         else:
-            raise InstantFTError("--data needs --model (package.module:factory) for the network to fine-tune")
+            raise InstantFTError("--data needs --model (package.module:factory) or --checkpoint (an in-tree network)")
         check_against_model(loaded.data, model, str(t.data))
         task = user_task(loaded.data, samples=t.samples, seed=run.seed, eval_samples=t.eval_samples)
         meta["classes"] = loaded.classes
