@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from instantft.adapters import SkipAdapters
 from instantft.analysis import conventions
 from instantft.analysis.costs import DEFAULT, backward_flops, describe, method_plan, network
 from instantft.analysis.paper import PAPER_TABLE1, printed_flops, printed_memory
 from instantft.analysis.table1 import METHODS, table1_markdown, table1_rows
 from instantft.cli import main
 from instantft.errors import InstantFTError
-from instantft.methods.skip_lora import SkipAdapters
 from instantft.models import build
 
 ARCH = {"mnist": "lenet5-mnist", "svhn": "lenet5-svhn"}

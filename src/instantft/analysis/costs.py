@@ -39,17 +39,16 @@ With these defaults every cell of the paper's Table 1 is reproduced at its print
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from instantft.adapters import LoRALayer, SkipAdapters
 from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, Method, create
-from instantft.methods.lora import LoRALayer
-from instantft.methods.skip_lora import SkipAdapters
-from instantft.models import ARCH_FOR_DATASET, LeNet5, build
+from instantft.models import ARCH_FOR_DATASET, LeNet5, build_lenet
 
 AdapterInputGrads = Literal["layer-order", "required", "always"]
 
@@ -175,7 +174,7 @@ def plan_of(method: Method) -> Plan:
         for k, (a, b) in enumerate(zip(skip.A, skip.B, strict=True)):
             adapters.append(Adapter(k, a.shape[0], a.shape[1], b.shape[0], to_logits=True))
             claimed |= {id(a), id(b)}
-    model = getattr(method, "model", method.base)
+    model = cast(LeNet5, getattr(method, "model", method.base))
     for k, module in enumerate(model.layers):
         if isinstance(module, LoRALayer):
             adapters.append(Adapter(k, module.A.shape[0], module.A.shape[1], module.B.shape[0], to_logits=False))
@@ -323,7 +322,7 @@ def network(dataset: str) -> LeNet5:
     """The backbone of a dataset (mnist, fmnist, svhn); its weights do not matter here."""
     if dataset not in ARCH_FOR_DATASET:
         raise InstantFTError(f"unknown dataset {dataset!r}; valid: {', '.join(ARCH_FOR_DATASET)}")
-    return build(ARCH_FOR_DATASET[dataset])
+    return build_lenet(ARCH_FOR_DATASET[dataset])
 
 
 def method_plan(model: LeNet5, layers: list[Layer], method: str, rank: int) -> tuple[Method, Plan]:

@@ -121,7 +121,7 @@ def fast_fit(
     for first, last in ranges:
         done = train(first, last)
         # a loop stops early only at a non-finite loss, which this raises on
-        monitor.check_all(losses[first : first + done], plan.epoch[first : first + done],
+        monitor.check_all(losses[first : first + done].tolist(), plan.epoch[first : first + done],
                           plan.step[first : first + done])  # fmt: skip
         if on_step:
             for s in range(first, last):

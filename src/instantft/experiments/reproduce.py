@@ -277,13 +277,12 @@ def time_methods(
 
 def cache_sizes() -> dict[str, int]:
     """Exact bytes of the fp32 and NF4 caches for 1,024 MNIST-shaped and 73,257 SVHN samples."""
+    from instantft.backbones import create_backbone
     from instantft.cache import ForwardCache
-    from instantft.models import build
 
     out = {}
     for arch, n in (("lenet5-mnist", 1024), ("lenet5-svhn", 73257)):
-        model = build(arch)
-        sizes = [*model.layer_input_sizes()[1:], model.config.num_classes]
+        sizes = create_backbone(arch).cache_sizes
         for storage in ("fp32", "nf4"):
             out[f"{storage}_{n}"] = n * ForwardCache(sizes, 0, storage).row_bytes  # type: ignore[arg-type]
     return out

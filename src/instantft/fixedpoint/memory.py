@@ -16,7 +16,7 @@ from typing import Any
 
 from instantft.fixedpoint.formats import FixedPointConfig
 from instantft.fixedpoint.nf4_codec import entry_bits
-from instantft.models import build
+from instantft.models import build_lenet
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def memory_estimate(
     config: FixedPointConfig, arch: str = "lenet5-mnist", rank: int = 4, batch_size: int = 20
 ) -> dict[str, Any]:
     """Bits and bytes per on-chip buffer, and the total, for ``config``'s formats."""
-    model = build(arch)
+    model = build_lenet(arch)
     classes = model.config.num_classes
     ins = model.layer_input_sizes()
     act, par = config.act.bits, config.param.bits

@@ -126,12 +126,13 @@ class FixedPointInstantFT(Method):
                 "--numerics fixed emulates the FPGA core's LeNet-5 datapath; "
                 f"the backbone is {type(self.base).__name__}"
             )
+        self.lenet: LeNet5 = self.base
         self.fixed = fixed or FixedPointConfig()
         self.counters = Counters()  # setup, cache fill and every training step
         self.eval_counters = Counters()  # every evaluation forward
-        self.in_sizes = self.base.layer_input_sizes()
-        self.num_classes = self.base.config.num_classes
-        self.net = FixedLeNet(self.base, self.fixed, self.counters)
+        self.in_sizes = self.lenet.layer_input_sizes()
+        self.num_classes = self.lenet.config.num_classes
+        self.net = FixedLeNet(self.lenet, self.fixed, self.counters)
         gen = torch.Generator().manual_seed(config.adapter_seed)
         init = SkipAdapters(self.in_sizes, self.num_classes, config, gen)
         self.adapters = FixedSkipAdapters(init, self.fixed, config.lr, self.counters)
@@ -209,7 +210,7 @@ class FixedPointInstantFT(Method):
             "saturating_tensors": self.counters.saturating(),
             "counters": self.counters.to_dict(),
             "eval_counters": self.eval_counters.to_dict(),
-            "memory": memory_estimate(self.fixed, self.base.config.name, self.config.rank, self.config.batch_size),
+            "memory": memory_estimate(self.fixed, self.lenet.config.name, self.config.rank, self.config.batch_size),
         }
 
 

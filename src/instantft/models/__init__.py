@@ -10,7 +10,7 @@ from instantft.models.checkpoint import (
 from instantft.models.lenet import LENET_CONFIGS, LeNet5, LeNetConfig, accuracy, pool2x2, predict
 from instantft.models.mlp import MLP, MLPConfig
 from instantft.models.resnet import ResNet8, ResNetConfig
-from instantft.models.zoo import ARCH_FOR_DATASET, ARCHITECTURES, FAMILIES, arch_for, build
+from instantft.models.zoo import ARCH_FOR_DATASET, ARCHITECTURES, FAMILIES, arch_for, build, build_lenet
 
 __all__ = [
     "ARCHITECTURES",
@@ -26,6 +26,7 @@ __all__ = [
     "accuracy",
     "arch_for",
     "build",
+    "build_lenet",
     "bundled_checkpoint",
     "load_checkpoint",
     "model_fingerprint",

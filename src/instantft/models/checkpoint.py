@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from instantft.errors import InstantFTError
 from instantft.fileio import load_tensors, read_record, save_with_record
-from torch import nn
-
 from instantft.models.zoo import ARCHITECTURES, build, bundled_name
 
 META_KEY = "instantft"

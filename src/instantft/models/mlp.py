@@ -6,6 +6,7 @@ fine-tunes (fully connected layers only).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ class MLP(nn.Module):
         c, h, w = config.in_shape
         widths = [c * h * w, *config.hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for d_in, d_out in zip(widths[:-1], widths[1:], strict=True):
+        for d_in, d_out in itertools.pairwise(widths):
             layers += [nn.Linear(d_in, d_out), nn.ReLU()]
         layers.append(nn.Linear(widths[-1], config.num_classes))
         self.net = nn.Sequential(*layers)

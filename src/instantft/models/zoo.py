@@ -35,6 +35,15 @@ def build(arch: str) -> nn.Module:
     return ARCHITECTURES[arch]()
 
 
+def build_lenet(arch: str) -> LeNet5:
+    """A fresh LeNet-5 (``lenet5-mnist`` or ``lenet5-svhn``), for the code that models the paper's
+    network in particular (Table 1, the fixed-point datapath, the bench's FLOP counts)."""
+    model = build(arch)
+    if not isinstance(model, LeNet5):
+        raise InstantFTError(f"{arch} is not a LeNet-5 architecture")
+    return model
+
+
 def arch_for(family: str, dataset: str) -> str:
     """The architecture of ``family`` for a base dataset (mnist, fmnist, svhn)."""
     if family not in FAMILIES:
