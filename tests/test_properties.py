@@ -28,7 +28,7 @@ from instantft.errors import InstantFTError
 from .conftest import write_svhn_mat
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                    derandomize=True)
+                    derandomize=True, database=None)
 #: what a reader may allocate on a malformed file (the inputs here are at most a few kB)
 NUMPY_BUDGET = 64 << 20
 RSS_BUDGET_KB = 512 << 10
@@ -307,7 +307,7 @@ def test_results_reader_on_malformed_files(runs):
 
 
 # --- the same through the CLI: exit 2, one line -------------------------------------------------
-@settings(max_examples=12, deadline=None, derandomize=True)
+@settings(max_examples=12, deadline=None, derandomize=True, database=None)
 @given(spec=record_strategy(ADAPTER_KEYS))
 def test_cli_evaluate_on_malformed_adapters(valid_files, spec):
     import contextlib

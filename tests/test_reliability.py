@@ -445,3 +445,21 @@ def test_device_bundle_records_validate_and_are_checked_against_the_file(tmp_pat
         record = json.loads(metadata["adapter_record"])
         record["config"]["rank"] = True
         check_bundle({**metadata, "adapter_record": json.dumps(record)}, shapes, manifest, str(out))
+
+
+def test_idx_file_claiming_less_than_the_limit_allocates_what_it_holds(tmp_path: Path):
+    """A 30-byte labels file claiming 200 MB (under the limit): the reader allocates what is there."""
+    import tracemalloc
+
+    from instantft.data.readers import IDX_LABELS_MAGIC, read_idx
+
+    path = tmp_path / "l.gz"
+    path.write_bytes(gzip.compress(struct.pack(">iI", IDX_LABELS_MAGIC, 200_000_000)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InstantFTError, match="IDX payload has 0 bytes, header \\(200000000,\\) needs 200000000"):
+            read_idx(path, IDX_LABELS_MAGIC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # was 200 MB: gzip's read(n) allocates n bytes up front

@@ -24,10 +24,16 @@ MAX_IDX_BYTES = 1 << 28
 
 
 def _read_gzip(path: Path, limit: int) -> bytes:
-    """At most ``limit`` decompressed bytes (one more tells the caller there was more)."""
+    """At most ``limit`` decompressed bytes (one more tells the caller there was more), read
+    in chunks: ``read(limit)`` would allocate ``limit`` bytes up front whatever the file holds."""
     try:
         with gzip.open(path, "rb") as fh:
-            return fh.read(limit)
+            parts: list[bytes] = []
+            left = limit
+            while left > 0 and (block := fh.read(min(left, 1 << 20))):
+                parts.append(block)
+                left -= len(block)
+            return b"".join(parts)
     except (gzip.BadGzipFile, OSError, EOFError, zlib.error) as exc:
         kind = "truncated gzip data" if isinstance(exc, EOFError) else f"not a valid gzip file ({exc})"
         raise InstantFTError(f"{path}: {kind}") from None
