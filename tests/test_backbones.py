@@ -164,3 +164,14 @@ def test_docstring_examples_run(module: str):
 
     failed, attempted = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert attempted > 0 and failed == 0
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    """The README's "Any model, any data" snippet, as a reader would paste it."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = text.split("## Any model, any data", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "adapter.safetensors").is_file()
