@@ -73,8 +73,11 @@ def test_bundled_checkpoints_reach_their_stated_accuracy():
     from instantft.data import load_split
     from instantft.models import accuracy, bundled_checkpoint, predict
 
-    for dataset, floor in (("mnist", 0.98), ("fmnist", 0.87)):
-        model, meta = load_checkpoint(bundled_checkpoint(dataset))
+    floors = {("lenet5", "mnist"): 0.98, ("lenet5", "fmnist"): 0.87, ("mlp", "mnist"): 0.97,
+              ("mlp", "fmnist"): 0.87, ("resnet8", "mnist"): 0.98, ("resnet8", "fmnist"): 0.87}  # fmt: skip
+    for (family, dataset), floor in floors.items():
+        model, meta = load_checkpoint(bundled_checkpoint(dataset, family))
+        assert meta["architecture"].startswith(family)
         test = load_split(dataset, "test")
         acc = accuracy(predict(model, test.images), test.labels)
         assert acc == pytest.approx(meta["test_accuracy"], abs=1e-6)
