@@ -42,6 +42,8 @@ DEVICE_DEPS  := $(DEVICE_SRCS) $(wildcard csrc/*.h csrc/device/*.h)
 DEVICE_FLAGS := -std=c11 -O3 -Wall -Wextra -Icsrc -ffunction-sections -fdata-sections -Wl,--gc-sections
 # OPENMP=1 (with make -B): the cache fill and the adapters' update on all cores, needs libgomp
 DEVICE_FLAGS += $(if $(OPENMP),-fopenmp)
+# STATIC=1 (with make -B): no shared libraries at all, for a board whose glibc is older than 2.34
+DEVICE_FLAGS += $(if $(STATIC),-static)
 
 device: build/instantft-device
 device-aarch64: build/instantft-device-aarch64

@@ -161,6 +161,21 @@ def test_device_trains_the_reference_adapters(method: str, small: dict[str, Path
     assert scored["accuracy"] == pytest.approx(out["accuracy_after"], abs=1e-6)
 
 
+@pytest.mark.parametrize("method", ["skip2-lora", "instantft"])
+def test_device_trains_what_python_on_the_c_core_trains(method: str, small: dict[str, Path], device: Path,
+                                                        tmp_path: Path):  # fmt: skip
+    """The third of the issue's trio: Python's own run on the C core (``--engine c``), same bundle."""
+    from instantft.engine import ENGINES
+
+    if "c" not in ENGINES:
+        pytest.skip("no 'c' engine registered in instantft.engine.ENGINES yet")
+    bundle = tmp_path / method
+    shutil.copytree(small[method], bundle)
+    run_device(device, bundle)
+    on_c, _ = reference_fit(bundle, engine="c")
+    assert_adapters_close(load_tensors(bundle / ADAPTER_FILE), on_c)
+
+
 def test_rotmnist_90_full_size_matches_python(device: Path, tmp_path: Path):
     """The issue's case: RotMNIST 90°, 1,024 fine-tuning images, all 8,976 others evaluated,
     10 epochs: the device reaches Python's accuracy (the real `finetune` on float images) and

@@ -285,29 +285,39 @@ static char *adapter_record(const char *base, const char *hex) {
     return out;
 }
 
-/* The cache in sample order (row i = fine-tuning sample i), as safetensors. */
+/* The cache in sample order (row i = fine-tuning sample i), as safetensors. The fill stores
+ * sample i in slot i, so the storage is written as it is; otherwise it is reordered first. */
 static void dump_cache(const ift_cache *c, const int64_t *slot_of, int64_t n, const char *path) {
     char err[ST_ERR_LEN];
     st_out_tensor t[2];
+    int in_order = 1, count;
+    for (int64_t i = 0; i < n; i++) in_order &= slot_of[i] == i;
     void *a = NULL, *b = NULL;
-    int count;
     if (c->storage == IFT_NF4) {
         size_t cb = (size_t)(c->blocks * c->block_size / 2), nb = (size_t)c->blocks;
-        uint8_t *codes = xmalloc((size_t)n * cb);
-        float *absmax = xmalloc((size_t)n * nb * sizeof *absmax);
-        for (int64_t i = 0; i < n; i++) {
-            memcpy(codes + (size_t)i * cb, c->codes + (size_t)slot_of[i] * cb, cb);
-            memcpy(absmax + (size_t)i * nb, c->absmax + (size_t)slot_of[i] * nb, nb * sizeof *absmax);
+        uint8_t *codes = c->codes;
+        float *absmax = c->absmax;
+        if (!in_order) {
+            a = codes = xmalloc((size_t)n * cb);
+            b = absmax = xmalloc((size_t)n * nb * sizeof *absmax);
+            for (int64_t i = 0; i < n; i++) {
+                memcpy(codes + (size_t)i * cb, c->codes + (size_t)slot_of[i] * cb, cb);
+                memcpy(absmax + (size_t)i * nb, c->absmax + (size_t)slot_of[i] * nb, nb * sizeof *absmax);
+            }
         }
         t[0] = (st_out_tensor){"absmax", ST_F32, 2, {(uint64_t)n, nb}, absmax};
         t[1] = (st_out_tensor){"codes", ST_U8, 2, {(uint64_t)n, cb}, codes};
-        a = codes, b = absmax, count = 2;
+        count = 2;
     } else {
         size_t w = (size_t)c->width;
-        float *rows = xmalloc((size_t)n * w * sizeof *rows);
-        for (int64_t i = 0; i < n; i++) memcpy(rows + (size_t)i * w, c->rows + (size_t)slot_of[i] * w, w * sizeof *rows);
+        float *rows = c->rows;
+        if (!in_order) {
+            a = rows = xmalloc((size_t)n * w * sizeof *rows);
+            for (int64_t i = 0; i < n; i++)
+                memcpy(rows + (size_t)i * w, c->rows + (size_t)slot_of[i] * w, w * sizeof *rows);
+        }
         t[0] = (st_out_tensor){"rows", ST_F32, 2, {(uint64_t)n, w}, rows};
-        a = rows, count = 1;
+        count = 1;
     }
     if (st_write_atomic(path, t, count, NULL, NULL, err)) die("%s", err);
     free(a), free(b);

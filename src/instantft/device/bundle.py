@@ -261,11 +261,12 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> Bundle:
 
 
 def reference_fit(
-    bundle_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None
+    bundle_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None, engine: str = "reference"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train the bundle's task with Python's reference loop on the bundle's own images (the same
-    uint8 pixels the device reads): the adapters ``instantft-device`` must reproduce. Returns the
-    trained tensors and a summary (accuracies before and after on the bundle's evaluation set)."""
+    """Train the bundle's task in Python - the reference loop, or another ``engine`` - on the
+    bundle's own images (the same uint8 pixels the device reads): the adapters
+    ``instantft-device`` must reproduce. Returns the trained tensors and a summary (accuracies
+    before and after on the bundle's evaluation set)."""
     from instantft.data import ImageSet
     from instantft.methods import FineTuneConfig, create
     from instantft.models import accuracy
@@ -273,7 +274,7 @@ def reference_fit(
 
     b = read_bundle(bundle_dir)
     record = json.loads(b.metadata["adapter_record"])
-    config = replace(FineTuneConfig(**record["config"]), engine="reference")
+    config = replace(FineTuneConfig(**record["config"]), engine=engine)
     model, _ = load_backbone(record["task"]["dataset"], checkpoint)
     method = create(b.metadata["method"], model, config)
     if method.base_fingerprint != record["base_fingerprint"]:
