@@ -35,8 +35,8 @@ from instantft.fixedpoint.ops import (
     to_float,
 )
 from instantft.fixedpoint.softmax import build_tables, softmax
-from instantft.fixedpoint.trainer import FixedPointInstantFT
 from instantft.methods import FineTuneConfig, create
+from instantft.methods.fixed_point import FixedPointInstantFT
 from instantft.models import accuracy, build, save_checkpoint
 
 QMODE = {"truncate": QuantizationMode.TRN, "round-half-up": QuantizationMode.RND}
@@ -367,7 +367,7 @@ def test_default_formats_train_and_narrow_formats_saturate(backbone, task):
 
 
 def test_fixed_method_is_instantft_only(backbone):
-    from instantft.fixedpoint.trainer import fixed_point_method
+    from instantft.methods.fixed_point import fixed_point_method
 
     with pytest.raises(InstantFTError, match="instantft only"):
         fixed_point_method("lora-all", backbone, FineTuneConfig())

@@ -97,7 +97,7 @@ def finetune(
     if numerics == "float" and fixed is None:
         m = create(method, model, config)
     else:
-        from instantft.fixedpoint.trainer import fixed_point_method
+        from instantft.methods.fixed_point import fixed_point_method
 
         m = fixed_point_method(method, model, config, fixed, numerics)
     ev = task.evaluate

@@ -100,7 +100,7 @@ def load_adapter(path: str | os.PathLike[str], base: Base) -> tuple[Method, dict
         raise InstantFTError(f"{path}: adapter tensors do not match their recorded sha256 (file corrupt)")
     if record.get("numerics", "float") == "fixed":
         from instantft.fixedpoint import numerics_config
-        from instantft.fixedpoint.trainer import fixed_point_method
+        from instantft.methods.fixed_point import fixed_point_method
 
         fixed = numerics_config("fixed", **(record.get("fixed") or {}))
         method: Method = fixed_point_method(method_name, base, config, fixed, "fixed")

@@ -1,4 +1,5 @@
-"""InstantFT in the FPGA core's integer arithmetic (paper §4.1): the golden model of the datapath.
+"""InstantFT in the FPGA core's integer arithmetic (paper §4.1): the golden model of the datapath,
+built from the integer primitives of :mod:`instantft.fixedpoint`.
 
 Per mini-batch, in the core's order (all words; formats from :class:`FixedPointConfig`):
 
