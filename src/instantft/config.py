@@ -30,7 +30,7 @@ MEMORY_BUDGET_BYTES = 2 * 2**30
 MAX_STEPS = 10_000_000
 SEED_LIMIT = 2**63  # seeds are torch.Generator seeds: 0 <= seed < 2**63
 FLOAT32_MAX = 3.4028234663852886e38
-MAX_RANK = 4096  # past the widest tap a LoRA rank adds nothing; a stated cap keeps runs finite
+MAX_RANK = 4096  # a rank past min(d_in, d_out) adds nothing; 4096 is above every in-tree layer width
 MAX_BATCH = 1 << 20
 MAX_SAMPLES = 2**31 - 1
 MAX_ANGLE = 360.0
