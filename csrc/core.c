@@ -133,11 +133,11 @@ IFT_INLINE float ift_sum_16(ift_v16 v)
 #define IFT_GENERIC_NAME "generic"
 #endif
 
-static const ift_kernels kernels_generic = {IFT_GENERIC_NAME, forward_generic, forward_group_generic, decode_generic, train_generic,
+static const ift_kernels kernels_generic = {IFT_GENERIC_NAME, forward_generic, forward_group_generic, encode_row_generic, decode_generic, train_generic,
                                             logits_generic};
 #ifdef IFT_X86_DISPATCH
-static const ift_kernels kernels_avx2 = {"avx2", forward_avx2, forward_group_avx2, decode_avx2, train_avx2, logits_avx2};
-static const ift_kernels kernels_avx512 = {"avx512", forward_avx512, forward_group_avx512, decode_avx512, train_avx512, logits_avx512};
+static const ift_kernels kernels_avx2 = {"avx2", forward_avx2, forward_group_avx2, encode_row_avx2, decode_avx2, train_avx2, logits_avx2};
+static const ift_kernels kernels_avx512 = {"avx512", forward_avx512, forward_group_avx512, encode_row_avx512, decode_avx512, train_avx512, logits_avx512};
 #endif
 
 /* The best kernels for this CPU; IFT_ISA=generic|avx2|avx512 forces a lower set (tests, bench). */
@@ -342,7 +342,7 @@ static int fill_any(const ift_chain *ch, const float *images, int64_t n, float *
             kern->forward_group(ch, x, r, g, work);
             if (codes)
                 for (int i = 0; i < g; i++)
-                    ift_nf4_encode_row(r[i], ch->row_width, block_size, codes + (i0 + i) * cb, absmax + (i0 + i) * nb);
+                    kern->encode(r[i], ch->row_width, block_size, codes + (i0 + i) * cb, absmax + (i0 + i) * nb);
         }
         free(work);
     }

@@ -12,6 +12,7 @@ typedef struct ift_kernels {
     const char *name;
     void (*forward)(const ift_chain *chain, const float *image, float *row, float *work);
     void (*forward_group)(const ift_chain *chain, const float *const *image, float *const *row, int g, float *work);
+    void (*encode)(const float *x, int64_t n, int64_t block_size, uint8_t *codes, float *absmax);
     void (*decode)(const uint8_t *codes, const float *absmax, int64_t blocks, int64_t block_size, float *out);
     /* train: see ift_train; rows/codes from the cache view; returns steps done */
     int64_t (*train)(const ift_adapters *ad, const ift_cache *cache, const float *images, int64_t image_width,

@@ -17,6 +17,7 @@
 
 /* this copy's native vector (IFT_VW floats), unaligned loads and stores */
 typedef float KN(vf) __attribute__((vector_size(IFT_VW * 4), aligned(4), may_alias));
+typedef int32_t KN(vi) __attribute__((vector_size(IFT_VW * 4)));
 /* the vector type is may_alias and aligned(4): dereferencing it is an unaligned load/store */
 IFT_ALWAYS_INLINE KN(vf) KN(load)(const float *p) { return *(const KN(vf) *)p; }
 IFT_ALWAYS_INLINE void KN(store)(float *p, KN(vf) v) { *(KN(vf) *)p = v; }
@@ -353,6 +354,81 @@ static void KN(forward_group)(const ift_chain *ch, const float *const *image, fl
 static void KN(forward)(const ift_chain *ch, const float *image, float *row, float *work)
 {
     KN(forward_group)(ch, &image, &row, 1, work);
+}
+
+/* ---- NF4 encode (the fill's, bit-identical to instantft.nf4.quantize) ----------------------- */
+
+/* code = number of thresholds strictly below v, for 16 values; FIRST = 7 skips the negative
+ * thresholds (all below v when the block has no sign bit set, e.g. ReLU outputs). Constant trip
+ * counts: a compare and an add per threshold on whole vectors. */
+IFT_ALWAYS_INLINE void KN(codes16)(const int first, const float *v, uint8_t *out)
+{
+    int32_t k[16];
+    for (int c = 0; c < 16; c += IFT_VW) { /* native vectors: a compare and a subtract per threshold */
+        const KN(vf) x = KN(load)(v + c);
+        KN(vi) kc = (KN(vi)){0} + first;
+        for (int t = first; t < 15; t++) kc -= (x > ift_nf4_thresholds[t]); /* a true compare is -1 */
+        memcpy(k + c, &kc, sizeof kc);
+    }
+    for (int q = 0; q < 8; q++) out[q] = (uint8_t)(k[2 * q] | (k[2 * q + 1] << 4));
+}
+
+/* One row: zero padding to whole blocks, absmax per block (|x| compared as its bit pattern: for
+ * floats that is the order of |x|, and a NaN wins as in torch.amax), x / absmax (an IEEE
+ * division, as torch's; absmax 0 divides by 1), two codes a byte, low nibble first. */
+static void KN(encode_row)(const float *x, int64_t n, int64_t bs, uint8_t *codes, float *absmax)
+{
+    const int64_t nb = (n + bs - 1) / bs;
+    for (int64_t blk = 0; blk < nb; blk++) {
+        const float *xb = x + blk * bs;
+        const int64_t m = n - blk * bs < bs ? n - blk * bs : bs;
+        uint8_t *cb = codes + blk * (bs / 2);
+        uint32_t big[16] = {0}, sg[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= m; j += 16)
+            for (int l = 0; l < 16; l++) {
+                uint32_t b;
+                memcpy(&b, xb + j + l, 4);
+                uint32_t a = b & 0x7FFFFFFFu;
+                big[l] = a > big[l] ? a : big[l];
+                sg[l] |= b;
+            }
+        for (int l = 0; j + l < m; l++) {
+            uint32_t b;
+            memcpy(&b, xb + j + l, 4);
+            uint32_t a = b & 0x7FFFFFFFu;
+            big[l] = a > big[l] ? a : big[l];
+            sg[l] |= b;
+        }
+        uint32_t largest = 0, signs = 0;
+        for (int l = 0; l < 16; l++) largest = big[l] > largest ? big[l] : largest, signs |= sg[l];
+        float top;
+        memcpy(&top, &largest, 4);
+        absmax[blk] = top;
+        const float s = top > 0.0f ? top : 1.0f;
+        const int negative = (signs >> 31) != 0;
+        for (j = 0; j + 16 <= bs; j += 16) {
+            float v[16];
+            if (j + 16 <= m)
+                for (int l = 0; l < 16; l++) v[l] = xb[j + l] / s;
+            else
+                for (int l = 0; l < 16; l++) v[l] = j + l < m ? xb[j + l] / s : 0.0f;
+            if (negative)
+                KN(codes16)(0, v, cb + j / 2);
+            else
+                KN(codes16)(7, v, cb + j / 2);
+        }
+        for (; j < bs; j += 2) { /* blocks that are not a multiple of 16 */
+            int pair[2];
+            for (int e = 0; e < 2; e++) {
+                float v = j + e < m ? xb[j + e] / s : 0.0f;
+                int k = negative ? 0 : 7;
+                for (int t = negative ? 0 : 7; t < 15; t++) k += ift_nf4_thresholds[t] < v;
+                pair[e] = k;
+            }
+            cb[j / 2] = (uint8_t)(pair[0] | (pair[1] << 4));
+        }
+    }
 }
 
 /* ---- NF4 decode (the training loop's hot spot for InstantFT) ----------------------------- */

@@ -25,57 +25,10 @@ int64_t ift_nf4_row_bytes(int64_t n, int64_t block_size)
     return ift_nf4_code_bytes(n, block_size) + 4 * ift_nf4_blocks(n, block_size);
 }
 
-static uint32_t bits_of(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-
-static float float_of(uint32_t u)
-{
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
-/* One block of m <= block_size values (the rest of the block is zero padding). |x| is compared as
- * its bit pattern: for floats that is the order of |x|, and a NaN wins the maximum as in
- * torch.amax. A block with no sign bit set (ReLU outputs) is above the seven negative
- * thresholds, so only the other eight are counted (the same codes). */
-static void encode_block(const float *x, int64_t m, int64_t block_size, uint8_t *codes, float *absmax)
-{
-    uint32_t largest = 0, signs = 0;
-    for (int64_t j = 0; j < m; j++) {
-        uint32_t b = bits_of(x[j]);
-        uint32_t a = b & 0x7FFFFFFFu;
-        largest = a > largest ? a : largest;
-        signs |= b;
-    }
-    float top = float_of(largest);
-    *absmax = top;
-    float s = top > 0.0f ? top : 1.0f;
-    int negative = (signs >> 31) != 0;
-    for (int64_t q = 0; q < block_size / 2; q++) {
-        int pair[2];
-        for (int e = 0; e < 2; e++) {
-            int64_t j = 2 * q + e;
-            float v = j < m ? x[j] / s : 0.0f;
-            int k = negative ? 0 : 7;
-            for (int t = negative ? 0 : 7; t < 15; t++) k += ift_nf4_thresholds[t] < v;
-            pair[e] = k;
-        }
-        codes[q] = (uint8_t)(pair[0] | (pair[1] << 4));
-    }
-}
-
+/* The encoder runs on the best instruction set the CPU has (kern.h: KN(encode_row)). */
 void ift_nf4_encode_row(const float *x, int64_t n, int64_t block_size, uint8_t *codes, float *absmax)
 {
-    int64_t nb = ift_nf4_blocks(n, block_size);
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t lo = b * block_size, m = n - lo < block_size ? n - lo : block_size;
-        encode_block(x + lo, m, block_size, codes + b * (block_size / 2), absmax + b);
-    }
+    ift_kernels_get()->encode(x, n, block_size, codes, absmax);
 }
 
 void ift_nf4_encode_rows(const float *rows, int64_t count, int64_t n, int64_t block_size, uint8_t *codes,

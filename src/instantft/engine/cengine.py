@@ -443,7 +443,12 @@ def train_nf4(
 #: named arrays, as csrc/test_core.c and csrc/bench/bench_core.c read them (little-endian): the magic,
 #: then per array a u32 name length, the name, a u8 dtype code, a u64 count and the values
 DUMP_MAGIC = b"IFTGOLD1"
-DUMP_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.int64): 1, np.dtype(np.uint8): 2, np.dtype(np.float64): 3}
+DUMP_DTYPES: dict[np.dtype[Any], int] = {
+    np.dtype(np.float32): 0,
+    np.dtype(np.int64): 1,
+    np.dtype(np.uint8): 2,
+    np.dtype(np.float64): 3,
+}
 
 
 def write_dump(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -461,7 +466,7 @@ def read_dump(path: Path) -> dict[str, np.ndarray]:
     if not data.startswith(DUMP_MAGIC):
         raise ValueError(f"{path}: not an instantft array dump")
     pos, out = len(DUMP_MAGIC), {}
-    inverse = {v: k for k, v in DUMP_DTYPES.items()}
+    inverse: dict[int, np.dtype[Any]] = {v: k for k, v in DUMP_DTYPES.items()}
     while pos < len(data):
         (n,) = struct.unpack_from("<I", data, pos)
         name = data[pos + 4 : pos + 4 + n].decode()
