@@ -189,3 +189,42 @@ def test_engine_choice(monkeypatch: pytest.MonkeyPatch):
     assert engine.resolve_engine("auto") == "torch"
     with pytest.raises(InstantFTError, match="numba is not installed"):
         engine.resolve_engine("numba")
+
+
+class OddTaps(torch.nn.Module):
+    """Taps of widths 5, 7 and 13, none of them the model input, and 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(11, 5), torch.nn.Linear(5, 7), torch.nn.Linear(7, 13)
+        self.out = torch.nn.Linear(13, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))))
+
+
+@pytest.mark.parametrize("eng", FAST)
+@pytest.mark.parametrize("name", ["skip2-lora", "instantft"])
+def test_any_tap_layout_and_class_count(name: str, eng: str):
+    torch.manual_seed(4)
+    model = OddTaps()
+    gen = torch.Generator().manual_seed(5)
+    data = ImageSet("odd", torch.randn(90, 11, generator=gen), torch.randint(0, 3, (90,), generator=gen),
+                    torch.arange(90))  # fmt: skip
+    config = FineTuneConfig(epochs=2, batch_size=8, drop_last=False, rank=3)
+    ref = create(name, model, replace(config, engine="reference"), taps=["b", "c", "out"], example=(11,))
+    fast = create(name, model, replace(config, engine=eng), taps=["b", "c", "out"], example=(11,))
+    assert [t.is_model_input for t in fast.backbone.taps] == [False, False, False]
+    r, f = ref.fit(data), fast.fit(data)
+    assert_same_adapters(ref, fast)
+    assert f.cache_bytes == r.cache_bytes > 0 and f.steps == r.steps == 2 * 12
+
+
+@pytest.mark.parametrize("eng", [*FAST, "reference"])
+@pytest.mark.parametrize(("option", "value"), [("scale", 1e30), ("lr", 1e20)])
+def test_an_overflowing_last_update_is_divergence(eng: str, option: str, value: float, backbone, data: ImageSet):
+    """The issue-12 cases: 40 samples, 1 epoch, the update after the last loss overflows; the
+    loss of every step is finite or caught, the adapters after it are not: nothing is kept."""
+    config = replace(FineTuneConfig(epochs=1, batch_size=20, engine=eng), **{option: value})
+    with pytest.raises(DivergedError, match="diverged"):
+        create("instantft", backbone, config).fit(data.subset(slice(0, 40)))
