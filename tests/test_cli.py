@@ -406,3 +406,25 @@ def test_own_data_on_an_in_tree_checkpoint(tmp_path: Path, capsys: pytest.Captur
     record = json.loads(out)
     assert record["samples"] == 160 and record["eval_samples"] == 40
     assert record["accuracy_before"] > 0.9  # upright MNIST on the MNIST backbone: the pixels went in unchanged
+
+
+def test_every_fine_tune_setting_has_a_flag():
+    """FineTuneConfig is reachable from the command line field by field (a new field without a
+    flag fails here), and the CLI's defaults are the Python API's."""
+    from dataclasses import fields
+
+    from instantft.config import RunConfig, TaskConfig
+    from instantft.methods import FineTuneConfig
+    from instantft.run import config_for, fine_tune_config
+
+    run_config = RunConfig("instantft", TaskConfig(dataset="svhn"))
+    assert {f.name for f in fields(FineTuneConfig)} == set(run_config.groups()) | {"seed"}
+    assert fine_tune_config(run_config) == config_for("svhn", seed=0)
+    assert fine_tune_config(run_config).lr == 0.025
+
+
+def test_last_layer_flag(capsys: pytest.CaptureFixture[str]):
+    code, out, err = run(capsys, "finetune", "--dataset", "rotmnist", "--method", "ft-last", "--last-layer", "fc2",
+                         "--json", *SMALL)
+    assert code == 0, err
+    assert json.loads(out)["trainable_params"] == 120 * 84 + 84  # fc2, not fc3

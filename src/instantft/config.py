@@ -180,6 +180,8 @@ class AdapterConfig:
     """Standard deviation of the Gaussian init of A (default 0.1)."""
     init_seed: int | None = None
     """Adapter init seed, 0 <= seed < 2**63 (default: --seed)."""
+    last_layer: str | None = None
+    """The module ft-last / lora-last train, by name (default: the last Linear the forward runs)."""
 
     def __post_init__(self) -> None:
         check_int("--rank", self.rank, 1, MAX_RANK)
