@@ -94,7 +94,6 @@ def test_registry_covers_every_architecture():
         (nn.Linear(784, 10), {"taps": "nope", "example": (784,)}, "tap 'nope' matches no module"),
         (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), {"example": (3, 32, 32)}, "rejects inputs of shape"),
         (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), {}, "pass example="),
-        (nn.Sequential(nn.Flatten(), nn.ReLU()), {"example": (784,)}, "has no Conv2d or Linear"),
         (nn.Sequential(nn.Linear(4, 4)), {"taps": [], "example": (4,)}, "at least one module"),
         ("not a model", {}, "must be a torch.nn.Module"),
     ],
@@ -105,17 +104,73 @@ def test_bad_models_and_taps_are_one_line(model, kwargs, message):
     assert "\n" not in str(info.value)
 
 
-def test_a_module_run_twice_cannot_be_tapped():
-    class Twice(nn.Module):
+class Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.f, self.g = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g(self.f(self.f(x)))
+
+
+def test_a_module_run_twice_is_not_tapped_but_the_model_still_fine_tunes():
+    from instantft.methods import FineTuneConfig, create
+
+    bb = Backbone(Twice(), example=(4,))
+    assert [t.name for t in bb.taps] == ["g"] and bb.skipped == ["f"]
+    with pytest.raises(InstantFTError, match="runs 2 times"):
+        Backbone(Twice(), taps="f", example=(4,))
+    assert set(create("ft-all", Twice(), FineTuneConfig(), example=(4,)).trainable()) >= {"f.weight", "g.weight"}
+    with pytest.raises(InstantFTError, match=r"skip2-lora: .* has no Conv2d or Linear module to tap"):
+        create("skip2-lora", nn.Sequential(nn.Flatten(), nn.ReLU()), FineTuneConfig(), example=(784,))
+
+
+def test_modules_called_with_keyword_arguments_are_seen():
+    class Keywords(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.f = nn.Linear(4, 4)
+            self.body, self.head = nn.Linear(6, 5), nn.Linear(5, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.f(self.f(x))
+            return self.head(input=torch.relu(self.body(x)))
 
-    with pytest.raises(InstantFTError, match="runs 2 times"):
-        Backbone(Twice(), example=(4,))
+    from instantft.methods import FineTuneConfig, create
+
+    model = Keywords()
+    bb = Backbone(model, example=(6,))
+    assert [t.name for t in bb.taps] == ["body", "head"]
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(bb.trace(x)[0][1], torch.relu(model.body(x)).detach())
+    assert set(create("ft-last", model, FineTuneConfig(), example=(6,)).trainable()) == {"head.weight", "head.bias"}
+
+
+def test_a_non_contiguous_example_gives_the_same_layout():
+    lenet = build("lenet5-mnist")
+    wide = torch.rand(2, 1, 28, 56)[..., ::2]
+    assert [t.is_model_input for t in Backbone(lenet, example=wide).taps] == [True, False, False, False, False]
+
+
+def test_reload_matches_recorded_taps_exactly_and_a_backbone_takes_them(tmp_path):
+    nested = nn.Sequential(nn.Sequential(nn.Linear(6, 6), nn.ReLU()), nn.Linear(6, 3))
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    ft = instantft.FineTuner(nested, method="skip2-lora", taps=["0.0", "1"], epochs=1, example=(6,))
+    ft.fit((x, y))
+    path = ft.save(tmp_path / "a.safetensors")
+    again = instantft.FineTuner.load(path, nested)  # "1" must not match "0.1" as a suffix
+    assert torch.equal(again.predict(x), ft.predict(x))
+    other_taps = Backbone(nested, taps=["1:output"], example=(6,))
+    from_backbone = instantft.FineTuner.load(path, other_taps)  # the record's taps, not the backbone's
+    assert torch.equal(from_backbone.predict(x), ft.predict(x))
+
+
+def test_a_fine_tuner_fits_new_data_with_a_fresh_cache():
+    model = build("lenet5-mnist")
+    ft = instantft.FineTuner(model, method="instantft", epochs=1)
+    a = (torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,)))
+    b = (torch.rand(60, 1, 28, 28), torch.randint(0, 10, (60,)))
+    ft.fit(a)
+    result = ft.fit(b)  # new data: not refused, not served stale rows
+    assert result.cache_bytes == 60 * ft.method.cache.row_bytes  # type: ignore[union-attr]
 
 
 def test_logits_not_a_batch_of_vectors_is_refused():

@@ -117,6 +117,9 @@ class FineTuner:
                 f"labels must be in 0..{classes - 1} (the model has {classes} outputs), got "
                 f"{int(images.labels.min())}..{int(images.labels.max())}"
             )
+        cache = getattr(method, "cache", None)
+        if cache is not None and cache.source is not None and cache.source != method.cache_source(images):
+            method.cache = None  # new data (or a changed base): a fresh Forward Cache, never stale rows
         before = {k: v.detach().clone() for k, v in method.trainable().items()}
         try:
             return method.fit(images)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from instantft.errors import InstantFTError
+from instantft.models.checkpoint import weights_sha256
 
 TapPoint = Literal["input", "output"]
 TapSpec = str | Sequence[str]
@@ -75,11 +76,15 @@ class Layer:
         return math.prod(self.out_shape)
 
 
-def _first_tensor(args: Any) -> torch.Tensor | None:
+def _first_tensor(args: Any, kwargs: dict[str, Any] | None = None) -> torch.Tensor | None:
+    """A module's (first) input or output tensor: positional first, then keyword arguments."""
     if isinstance(args, torch.Tensor):
         return args
     if isinstance(args, tuple | list) and args and isinstance(args[0], torch.Tensor):
         return args[0]
+    for value in (kwargs or {}).values():
+        if isinstance(value, torch.Tensor):
+            return value
     return None
 
 
@@ -96,10 +101,18 @@ def _matches(pattern: str, name: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
+def exact_taps(labels: Sequence[str]) -> list[str]:
+    """Tap patterns that match exactly the recorded ``labels`` (:attr:`Tap.label`) and nothing
+    else: a recorded ``"1"`` must not match ``"0.1"`` as a suffix when an adapter is reloaded."""
+    out = []
+    for label in labels:
+        name, point = _parse(label)
+        out.append(f"re:{re.escape(name)}" + (":output" if point == "output" else ""))
+    return out
+
+
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when ``a`` and ``b`` are the same values in the same memory (a view such as flatten)."""
-    if a.device.type == "meta":  # shapes only: no storage to compare
-        return a is b
     return a.data_ptr() == b.data_ptr() and a.numel() == b.numel() and a.is_contiguous() and b.is_contiguous()
 
 
@@ -151,7 +164,7 @@ class Backbone:
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         device = param.device if param is not None else torch.device("cpu")
         if isinstance(example, torch.Tensor):
-            return example[:2].detach().to(device=device, dtype=dtype)
+            return example[:2].detach().to(device=device, dtype=dtype).contiguous()
         return torch.zeros(2, *example, dtype=dtype, device=device)
 
     def _discover(self, x: torch.Tensor, taps: TapSpec) -> tuple[list[Tap], list[Layer], int]:
@@ -161,12 +174,12 @@ class Backbone:
             if not name:
                 continue
 
-            def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
-                inp, res = _first_tensor(args), _first_tensor(out)
+            def hook(mod: nn.Module, args: Any, kwargs: dict[str, Any], out: Any, name: str = name) -> None:
+                inp, res = _first_tensor(args, kwargs), _first_tensor(out)
                 if inp is not None and res is not None:
                     calls.append((name, mod, inp, res))
 
-            handles.append(module.register_forward_hook(hook))
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
         try:
             with torch.no_grad():
                 logits = self.model(x)
@@ -191,9 +204,12 @@ class Backbone:
         ]
         found: list[Tap] = []
         seen: list[torch.Tensor] = []
+        self.skipped = sorted(n for n, count in runs.items() if count > 1)  # shared modules: no single activation
 
         def add(name: str, mod: nn.Module, point: TapPoint, act: torch.Tensor, dedupe: bool) -> None:
             if runs[name] > 1:
+                if dedupe:  # auto: a module run several times per forward has no one activation to tap
+                    return
                 raise InstantFTError(f"module {name!r} runs {runs[name]} times in one forward; it cannot be tapped")
             if dedupe and any(_same_tensor(act, s) for s in seen):
                 return
@@ -204,8 +220,6 @@ class Backbone:
             for name, mod, inp, _ in calls:
                 if isinstance(mod, ADAPTABLE):
                     add(name, mod, "input", inp, dedupe=True)
-            if not found:
-                raise InstantFTError(f"{type(self.model).__name__} has no Conv2d or Linear module to tap")
         else:
             patterns = [taps] if isinstance(taps, str) else list(taps)
             if not patterns:
@@ -244,13 +258,23 @@ class Backbone:
     def fingerprint(self) -> str:
         """sha256 of the weights and buffers and of the tap layout, computed afresh on each call
         (weights changed in place give a new fingerprint, so no stale cache is reused)."""
-        h = hashlib.sha256()
-        for name, t in sorted(self.model.state_dict().items()):
-            t = t.detach().contiguous().cpu()
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-        h.update(self.layout_signature().encode())
-        return h.hexdigest()
+        weights = weights_sha256(self.model.state_dict())
+        return hashlib.sha256(f"{weights};{self.layout_signature()}".encode()).hexdigest()
+
+    def require_taps(self, who: str) -> None:
+        """The skip methods need at least one tap: one line otherwise."""
+        if not self.taps:
+            raise InstantFTError(f"{who}: {type(self.model).__name__} has no Conv2d or Linear module to tap")
+
+    def last_linear(self, name: str | None = None) -> Layer | None:
+        """The layer ``name`` (a Conv2d or Linear the forward runs once), or the last Linear run."""
+        if name is not None:
+            chosen = [layer for layer in self.layers if layer.name == name]
+            if not chosen:
+                raise InstantFTError(f"no Conv2d or Linear module named {name!r} runs (once) in the forward")
+            return chosen[0]
+        linears = [layer for layer in self.layers if layer.kind == "Linear"]
+        return linears[-1] if linears else None
 
     def clone(self) -> Backbone:
         """An independent copy (own weights) with the same taps, without a new discovery pass."""
@@ -278,7 +302,8 @@ class Backbone:
 
             module = modules[tap.name]
             if tap.point == "input":
-                handles.append(module.register_forward_pre_hook(lambda m, a, g=grab: g(_first_tensor(a))))
+                handles.append(module.register_forward_pre_hook(
+                    lambda m, a, kw, g=grab: g(_first_tensor(a, kw)), with_kwargs=True))  # fmt: skip
             else:
                 handles.append(module.register_forward_hook(lambda m, a, o, g=grab: g(_first_tensor(o))))
         try:
@@ -293,11 +318,6 @@ class Backbone:
         out = [x.reshape(n, -1) if t.is_model_input else got[k].reshape(n, -1) for k, t in enumerate(self.taps)]
         return out, logits
 
-    def logits(self, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-        """Base logits in large no-grad batches."""
-        with torch.no_grad():
-            return torch.cat([self.model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
     def check_input(self, x: torch.Tensor) -> None:
         """Refuse inputs of another per-sample shape than the one the taps were found with."""
         if tuple(x.shape[1:]) != self.input_shape:
@@ -311,9 +331,12 @@ class Backbone:
 
 
 def as_backbone(model: nn.Module | Backbone, taps: TapSpec = "auto", example: Any = None) -> Backbone:
-    """A private frozen copy: of ``model`` with ``taps``, or a clone of an existing backbone."""
+    """A private frozen copy: of ``model`` with ``taps``; of a Backbone, with its own taps
+    (``taps="auto"``) or re-traced with the explicit ``taps`` given."""
     if isinstance(model, Backbone):
-        return model.clone()
+        if isinstance(taps, str) and taps == "auto":
+            return model.clone()
+        return Backbone(model.model, taps, example if example is not None else model.input_shape)
     return Backbone(model, taps, example)
 
 

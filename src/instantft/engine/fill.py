@@ -73,8 +73,8 @@ def lenet_fast_path(backbone: Backbone) -> bool:
     model = backbone.model
     if type(model) is not LeNet5:
         return False
-    taps = [(t.name, t.point) for t in backbone.taps]
-    if taps != [(name, "input") for name in LENET_TAPS]:
+    taps = [(t.name, t.point, t.is_model_input) for t in backbone.taps]
+    if taps != [(name, "input", k == 0) for k, name in enumerate(LENET_TAPS)]:  # the kernel's row layout
         return False
     return all(c.kernel_size == (5, 5) and c.out_channels % 2 == 0 for c in (model.conv1, model.conv2))
 

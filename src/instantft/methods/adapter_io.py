@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from instantft.backbones import Backbone
+from instantft.backbones import Backbone, exact_taps
 from instantft.errors import InstantFTError
 from instantft.fileio import PathLike, load_tensors, read_record, save_with_record, tensor_shapes, tensors_sha256
 from instantft.methods.base import FineTuneConfig, Method, create
@@ -60,8 +60,9 @@ Base = Backbone | nn.Module
 
 def _rebuild(record: dict[str, Any], base: Base, config: FineTuneConfig) -> Method:
     """The method of ``record`` on ``base`` with the recorded taps (``auto`` for old records)."""
-    taps, shape = record.get("taps") or "auto", record.get("input_shape")
-    return create(record["method"], base, config, taps, tuple(shape) if shape else None)
+    taps, shape = record.get("taps"), record.get("input_shape")
+    spec = exact_taps(taps) if taps else "auto"  # the recorded taps exactly, whatever base's own are
+    return create(record["method"], base, config, spec, tuple(shape) if shape else None)
 
 
 def check_sizes(path: PathLike, record: dict[str, Any], config: FineTuneConfig) -> None:

@@ -37,7 +37,7 @@ from instantft.fixedpoint.memory import memory_estimate
 from instantft.fixedpoint.nf4_codec import decode, encode, entry_bits
 from instantft.fixedpoint.ops import Counters, add, divide, matmul, mul, quantize, to_float
 from instantft.fixedpoint.softmax import SoftmaxTables, build_tables, softmax
-from instantft.methods.base import FineTuneConfig, FitResult, Method, schedule
+from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, schedule
 from instantft.models import LeNet5
 
 CHUNK = 256  # samples per integer forward (bounds the im2col buffer)
@@ -171,11 +171,13 @@ class FixedPointInstantFT(Method):
         codes = torch.cat([p[0] for p in parts])
         absmax = torch.cat([p[1] for p in parts])
         sizes = [*self.in_sizes[1:], self.num_classes]
+        monitor = LossMonitor()  # saturating arithmetic keeps the loss finite; the bound still applies
         for epoch, step, rows in schedule(len(data), self.config):
             cached = decode(codes[rows], absmax[rows], self.cache_width, act, rnd, self.counters)
             *xs, base_logits = torch.split(cached, sizes, dim=1)
             xs = [x0[rows].flatten(1), *xs]
             loss = self.adapters.sgd_step(xs, base_logits, data.labels[rows], self.tables, self.counters)
+            monitor.check(loss, epoch, step)
             result.add_step(epoch, loss)
             if on_step:
                 on_step(epoch, step)

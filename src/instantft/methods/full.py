@@ -72,18 +72,19 @@ class FTLast(_WeightsMethod):
     def __init__(
         self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
     ) -> None:
-        self.last = config.last_layer
+        self.prefix: str | None = None
         super().__init__(base, config, taps, example)
 
     def select(self, name: str) -> bool:
-        if self.last is None:
-            linears = [layer.name for layer in self.backbone.layers if layer.kind == "Linear"]
-            if not linears:
+        if self.prefix is None:
+            try:
+                layer = self.backbone.last_linear(self.config.last_layer)
+            except InstantFTError as exc:
+                raise InstantFTError(f"ft-last: {exc}") from None
+            if layer is None:
                 return False
-            self.last = linears[-1]
-        if self.last not in dict(self.backbone.model.named_modules()):
-            raise InstantFTError(f"ft-last: the model has no module named {self.last!r}")
-        return name.startswith(self.last + ".")
+            self.prefix = layer.name + "."
+        return name.startswith(self.prefix)
 
 
 @register

@@ -60,11 +60,8 @@ class LoRALast(_LoRAMethod):
     description = "LoRA on the last Linear layer only"
 
     def adapted(self) -> list[Layer]:
-        wanted = self.config.last_layer
-        if wanted is not None:
-            chosen = [layer for layer in self.backbone.layers if layer.name == wanted]
-            if not chosen:
-                raise InstantFTError(f"lora-last: no Conv2d or Linear module named {wanted!r} runs in the forward")
-            return chosen
-        linears = [layer for layer in self.backbone.layers if layer.kind == "Linear"]
-        return linears[-1:]
+        try:
+            layer = self.backbone.last_linear(self.config.last_layer)
+        except InstantFTError as exc:
+            raise InstantFTError(f"lora-last: {exc}") from None
+        return [layer] if layer is not None else []

@@ -36,6 +36,7 @@ class _SkipMethod(Method):
         self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
     ) -> None:
         super().__init__(base, config, taps, example)
+        self.backbone.require_taps(self.name)
         self.in_sizes = self.backbone.sizes
         self.num_classes = self.backbone.num_classes
         gen = torch.Generator().manual_seed(config.adapter_seed)
