@@ -36,19 +36,9 @@ class Layout:
     padded_rank: int  # rank rounded up to a multiple of 4
 
     @classmethod
-    def for_adapters(
-        cls, sizes: list[int], num_classes: int, rank: int, from_image: list[bool] | None = None,
-        d_image: int | None = None,
-    ) -> Layout:  # fmt: skip
-        """Default (LeNet-5's): tap 0 is the image, the others are cached."""
-        flags = tuple(from_image) if from_image is not None else (True, *([False] * (len(sizes) - 1)))
-        return cls(tuple(sizes), flags, sizes[0] if d_image is None else d_image, num_classes, rank, -(-rank // 4) * 4)
-
-    @classmethod
     def for_backbone(cls, backbone: Backbone, rank: int) -> Layout:
-        return cls.for_adapters(
-            backbone.sizes, backbone.num_classes, rank, [t.is_model_input for t in backbone.taps], backbone.input_size
-        )
+        flags = tuple(t.is_model_input for t in backbone.taps)
+        return cls(tuple(backbone.sizes), flags, backbone.input_size, backbone.num_classes, rank, -(-rank // 4) * 4)
 
     @property
     def cache_width(self) -> int:
