@@ -16,22 +16,39 @@ from instantft.fileio import atomic_write, atomic_write_text
 NAMES = {"lenet5": "LeNet-5", "mlp": "MLP", "resnet8": "ResNet-8"}
 
 
-def _runs(results: Sequence[dict[str, Any]], family: str) -> list[dict[str, Any]]:
-    """LeNet-5: the Fig. 7 runs at 90°; the others: this study's runs."""
-    if family == "lenet5":
+def label(variant: str, runs: Sequence[dict[str, Any]]) -> str:
+    """Column name: the backbone, and the learning rate where the study tunes it."""
+    family = variant.split(",")[0]
+    name = NAMES.get(family, family)
+    lrs = sorted({r["lr"] for r in runs})
+    return f"{name} (lr {', '.join(f'{v:g}' for v in lrs)})" if family == "resnet8" and lrs else name
+
+
+def _runs(results: Sequence[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
+    """LeNet-5: the Fig. 7 runs at 90°; the others: this study's runs of that variant."""
+    if variant == "lenet5":
         return [r for r in results if r["study"] == "fig7" and float(r["angle"]) == 90.0
                 and r.get("variant", "default") == "default"]  # fmt: skip
-    return [r for r in results if r["study"] == "backbones" and r.get("backbone", r.get("variant")) == family]
+    return [r for r in results if r["study"] == "backbones" and r.get("variant") == variant]
+
+
+def variants(results: Sequence[dict[str, Any]], families: Sequence[str]) -> list[str]:
+    """LeNet-5, then each family's variants in the order they appear (tuned lr first)."""
+    seen = dict.fromkeys(r["variant"] for r in results if r["study"] == "backbones"
+                         and r.get("backbone") in families)  # fmt: skip
+    return ["lenet5", *(v for f in families for v in sorted(seen, key=len) if v.split(",")[0] == f)]
 
 
 def summarise(results: Sequence[dict[str, Any]], families: Sequence[str]) -> dict[str, Any]:
-    """(family -> dataset -> method) -> accuracy mean/std in %, median seconds, cache bytes, params."""
+    """(variant -> dataset -> method) -> accuracy mean/std in %, median seconds, cache bytes,
+    params; ``"label"`` names the column."""
     out: dict[str, Any] = {}
-    for family in ("lenet5", *families):
+    for variant in variants(results, families):
         cells: dict[str, dict[str, Any]] = {}
-        for r in _runs(results, family):
+        runs = _runs(results, variant)
+        for r in runs:
             cells.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(r)
-        out[family] = {
+        out[variant] = {
             dataset: {
                 method: {
                     "mean": statistics.fmean(100 * r["accuracy_after"] for r in rs),
@@ -49,6 +66,7 @@ def summarise(results: Sequence[dict[str, Any]], families: Sequence[str]) -> dic
             }
             for dataset, by_method in cells.items()
         }
+        out[variant]["label"] = label(variant, runs)
     return out
 
 
@@ -62,7 +80,7 @@ def _fmt(cell: dict[str, Any] | None) -> str:
 def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
     families = list(summary)
     lines = ["# Every method on three backbones (RotMNIST / RotFMNIST, θ = 90°)", ""]
-    any_cell = next(c for f in families for d in summary[f].values() for c in d.values())
+    any_cell = next(c for f in families for k, d in summary[f].items() if k != "label" for c in d.values())
     lines.append("Made by `instantft reproduce --only backbones` (LeNet-5's column: the Fig. 7 runs at 90°). "
                  f"Accuracy on the {any_cell['eval_samples']:,} held-out images in %, mean ± std over seeds; "
                  "s: median fine-tune seconds; params: trained values; cache: Forward Cache bytes for the "
@@ -72,7 +90,7 @@ def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
         if not present:
             continue
         lines += ["", f"## {dataset}", ""]
-        names = [NAMES.get(f, f) for f in present]
+        names = [summary[f]["label"] for f in present]
         head = ["method", *(f"{n} acc." for n in names), *(f"{n} s" for n in names), *(f"{n} params" for n in names)]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in methods:
@@ -83,10 +101,11 @@ def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
             lines.append("| " + " | ".join(row) + " |")
         caches = [(f, summary[f][dataset].get(m)) for f in present for m in ("skip2-lora", "instantft")]
         lines += ["", "Forward Cache: " + "; ".join(
-            f"{NAMES.get(f, f)} {c['cache_bytes'] / 1e6:.2f} MB" + (" (NF4)" if i % 2 else " (fp32)")
+            f"{summary[f]['label']} {c['cache_bytes'] / 1e6:.2f} MB" + (" (NF4)" if i % 2 else " (fp32)")
             for i, (f, c) in enumerate(caches) if c)]  # fmt: skip
-        n = {summary[f][dataset][m]["n"] for f in present for m in summary[f][dataset]}
-        lines.append(f"Seeds per cell: {', '.join(map(str, sorted(n)))}.")
+        n = {f: {summary[f][dataset][m]["n"] for m in summary[f][dataset]} for f in present}
+        lines.append("Seeds per cell: " + "; ".join(f"{summary[f]['label']} {', '.join(map(str, sorted(v)))}"
+                                                    for f, v in n.items()) + ".")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -105,9 +124,9 @@ def plot(summary: dict[str, Any], methods: Sequence[str], path: Path) -> None:
             xs = [i + (j - (len(families) - 1) / 2) * width for i in range(len(methods))]
             acc = [c["mean"] if c else math.nan for c in cells]
             err = [c["std"] if c else 0.0 for c in cells]
-            axes[0, col].bar(xs, acc, width, yerr=err, capsize=2, label=NAMES.get(f, f))
+            axes[0, col].bar(xs, acc, width, yerr=err, capsize=2, label=summary[f]["label"])
             secs = [c["seconds"] if c and c["seconds"] > 0 else math.nan for c in cells]  # "none" takes 0 s
-            axes[1, col].bar(xs, secs, width, label=NAMES.get(f, f))
+            axes[1, col].bar(xs, secs, width, label=summary[f]["label"])
         axes[0, col].set_title(f"{dataset}, 90°: accuracy after fine-tuning")
         axes[0, col].set_ylabel("accuracy (%)")
         axes[0, col].set_ylim(0, 100)
