@@ -301,3 +301,10 @@ def test_stream_runs_on_other_backbones(name):
     row = sum(bb.cache_sizes)
     assert report["adaptations"] == 4 and report["cache"]["computed"] == 120
     assert report["cache_bytes"] == 30 * ((row + 63) // 64 * 36)  # NF4: 32 code + 4 scale bytes a block
+
+
+def test_registered_as_instantft_stream(capsys):
+    from instantft.cli import main
+
+    assert main(["stream", "--arrival-ms", "-2"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --arrival-ms")
