@@ -84,19 +84,26 @@ def compact(report: dict[str, Any], keep_curve: bool) -> dict[str, Any]:
     return out
 
 
-def run_study(out: Path, seeds: int, jobs_note: str, phase_length: int = 1000) -> None:
+def run_study(
+    out: Path,
+    seeds: int,
+    jobs_note: str,
+    phase_length: int = 1000,
+    groups: tuple[str, ...] | None = None,
+    runs_name: str = "runs.json",
+) -> None:
     from instantft.run import load_backbone
     from instantft.stream import StreamConfig, build_stream, run_stream
     from instantft.stream.loop import load_stream_backbone
 
     torch.set_num_threads(1)
-    path = out / "runs.json"
+    path = out / runs_name
     done: dict[str, dict[str, Any]] = {}
     if path.exists():
         for r in json.loads(path.read_text()):
             done[r["key"]] = r
     backbones = {"lenet5": load_backbone("rotmnist")[0]}
-    todo = plan()
+    todo = [r for r in plan() if groups is None or r[0] in groups]
     total = seeds * len(todo)
     count = len([k for k in done if json.loads(k)[4] < seeds])
     # the schedule x method grid and the fixed-speed runs for every seed first, then the
@@ -127,9 +134,10 @@ def run_study(out: Path, seeds: int, jobs_note: str, phase_length: int = 1000) -
                 f"{time.perf_counter() - t0:.1f} s",
                 flush=True,
             )
-    meta = {
+    meta: dict[str, Any] = {
         "command": f"nice -n 10 python -m instantft.experiments.stream_study --seeds {seeds} --out {out}"
-        + (f" --phase-length {phase_length}" if phase_length != 1000 else ""),
+        + (f" --phase-length {phase_length}" if phase_length != 1000 else "")
+        + (f" --groups {','.join(groups)} --runs-name {runs_name}" if groups else ""),
         "phase_length": phase_length,
         "seeds": seeds,
         "cpu": platform.processor() or platform.machine(),
@@ -137,7 +145,12 @@ def run_study(out: Path, seeds: int, jobs_note: str, phase_length: int = 1000) -
         "note": jobs_note,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    atomic_write_json(out / "meta.json", meta)
+    meta_path = out / "meta.json"
+    if meta_path.exists():  # several processes (--groups) share one meta
+        old = json.loads(meta_path.read_text())
+        commands = [c for c in str(old.get("command", "")).split(" && ") if c]
+        meta["command"] = " && ".join(dict.fromkeys([*commands, meta["command"]]))
+    atomic_write_json(meta_path, meta)
 
 
 def measure_memory(out: Path) -> None:
@@ -534,7 +547,11 @@ def plots(runs: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -> 
 
 
 def report(out: Path) -> None:
-    runs = json.loads((out / "runs.json").read_text())
+    merged: dict[str, dict[str, Any]] = {}
+    for f in sorted(out.glob("runs*.json")):
+        for r in json.loads(f.read_text()):
+            merged.setdefault(r["key"], r)
+    runs = list(merged.values())
     meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
     memory = json.loads((out / "memory.json").read_text()) if (out / "memory.json").exists() else []
     rows = aggregate(runs)
@@ -553,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/stream")
     p.add_argument("--phase-length", type=int, default=1000, help="samples per phase (smaller: a quick check)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--memory-only", action="store_true", help="only the per-method peak-memory runs, then the report")
+    p.add_argument("--groups", default=None, help="comma-separated groups to run (main, fixed_speed, retention, ...)")
+    p.add_argument("--runs-name", default="runs.json", help="runs file (report merges every runs*.json)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--note", default="2 cores shared by 6 concurrent agents")
     args = p.parse_args(argv)
@@ -561,8 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seeds < 1:
             raise InstantFTError(f"--seeds must be >= 1, got {args.seeds}")
-        if not args.report_only:
-            run_study(out, args.seeds, args.note, args.phase_length)
+        groups = tuple(args.groups.split(",")) if args.groups else None
+        if args.memory_only:
+            measure_memory(out)
+        elif not args.report_only:
+            run_study(out, args.seeds, args.note, args.phase_length, groups, args.runs_name)
             if not args.skip_memory:
                 measure_memory(out)
         report(out)
