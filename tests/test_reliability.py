@@ -354,7 +354,14 @@ def test_download_tries_every_mirror_and_names_each_failure(tmp_path: Path, monk
         return str(out)
 
     monkeypatch.setattr(pooch, "retrieve", fake)
+    target = tmp_path / "cache" / "mnist"
+    target.mkdir(parents=True)
+    killed, running = target / "tmpab12cd34", target / "tmpzz99yy88"  # pooch temp names
+    killed.write_bytes(b"half a download")
+    running.write_bytes(b"a download in progress")
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
     got = files._download(spec, [tmp_path])
+    assert not killed.exists() and running.exists()
     assert got.read_bytes() == b"ok" and [u for u, _ in calls] == list(spec.urls)
     assert all(bar is not True for _, bar in calls)  # never pooch's own bar: it needs tqdm
 

@@ -205,6 +205,30 @@ class _RichBar:
         self._progress.stop()
 
 
+#: a pooch temp file (``tmpXXXXXXXX`` in the download directory) older than this belongs to a
+#: download that was killed: removed before the next download there
+STALE_DOWNLOAD_SECONDS = 3600
+
+
+def clean_stale_downloads(target: Path) -> list[Path]:
+    """Remove what killed downloads left in ``target`` (pooch cleans up on errors, not on SIGKILL)."""
+    import re
+    import time
+
+    removed: list[Path] = []
+    if not target.is_dir():
+        return removed
+    for p in target.iterdir():
+        try:
+            old = time.time() - p.stat().st_mtime > STALE_DOWNLOAD_SECONDS
+            if re.fullmatch(r"tmp[a-z0-9_]{8}", p.name) and p.is_file() and old:
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
 def _download(spec: DataFile, dirs: list[Path]) -> Path:
     """Fetch ``spec`` from each mirror in turn; the error lists what failed at every one."""
     where = ", ".join(str(d / spec.relpath) for d in dirs[:-1])
@@ -220,6 +244,7 @@ def _download(spec: DataFile, dirs: list[Path]) -> Path:
     import pooch
 
     target = cache_dir() / Path(spec.relpath).parent
+    clean_stale_downloads(target)
     failures: list[str] = []
     for url in spec.urls:
         bar: _RichBar | bool = _RichBar(Path(spec.relpath).name) if sys.stderr.isatty() else False
