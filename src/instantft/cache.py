@@ -1,16 +1,18 @@
 """The Forward Cache (Skip2-LoRA, InstantFT §3.1): the frozen network's activations, keyed by
 sample index, so that only the first epoch runs the base network.
 
-Because every Skip-LoRA adapter reads a layer input x_{k-1} and writes straight to the logits,
-and the base network is frozen, x1..x4 and the base logits f(x) of a sample never change during
-fine-tuning. One cache row holds them concatenated (MNIST network: 1176+400+120+84+10 = 1,790
-values); x0 is the image itself and comes from the dataset.
+Because every skip adapter reads a tap of the frozen backbone and writes straight to the logits,
+the taps and the base logits f(x) of a sample never change during fine-tuning. One cache row
+holds them concatenated, its widths given by the backbone's taps
+(:attr:`instantft.backbones.Backbone.cache_sizes`; LeNet-5: 1176+400+120+84+10 = 1,790 values);
+a tap that is the model input itself (LeNet-5's x0) comes from the dataset instead.
 
-Storage is fp32 (7,160 B a row) or NF4 (:mod:`instantft.nf4`: 28 blocks of 64 → 896 code bytes
-+ 112 absmax bytes = 1,008 B a row, 7.10× smaller), behind one interface. The cache remembers
-what filled it (a fingerprint of the frozen weights and of the dataset): used with another model
-or dataset it raises, so stale activations are never used silently. An optional byte limit
-fails loudly, never evicts.
+Storage is fp32 (LeNet-5: 7,160 B a row) or NF4 (:mod:`instantft.nf4`: 28 blocks of 64 → 896
+code bytes + 112 absmax bytes = 1,008 B a row, 7.10× smaller), behind one interface. The cache
+remembers what filled it (a fingerprint of the frozen weights, buffers and tap layout, and of the
+dataset): used with another model or dataset it raises, so stale activations are never used
+silently. The byte limit fails loudly and never evicts by itself; a bounded cache for streams
+drops rows explicitly with :meth:`ForwardCache.evict` (:mod:`instantft.stream` decides which).
 """
 
 from __future__ import annotations
