@@ -12,6 +12,7 @@ import resource
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +154,7 @@ def test_device_trains_the_reference_adapters(method: str, small: dict[str, Path
     assert out["finetune_seconds"] > 0 and out["samples"] == 200 and out["eval_samples"] == 300
 
     # `instantft evaluate --adapter` takes the device's file with no other option and scores it the same
-    proc = run([str(ROOT / ".venv" / "bin" / "instantft"), "evaluate", "--adapter", str(bundle / ADAPTER_FILE),
-                "--json"])  # fmt: skip
+    proc = run([sys.executable, "-m", "instantft", "evaluate", "--adapter", str(bundle / ADAPTER_FILE), "--json"])
     assert proc.returncode == 0, proc.stderr
     scored = json.loads(proc.stdout)
     assert scored["method"] == method and scored["eval_samples"] == 300

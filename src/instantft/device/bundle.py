@@ -135,27 +135,18 @@ def adapter_record(method: Any, task_record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "tensors_sha256": digest}
 
 
-def _fine_tune_config(run: Any) -> Any:
-    """The FineTuneConfig ``finetune`` derives from the same RunConfig (``run.fine_tune_config``
-    while the CLI's refactor moves it to ``instantft.run.fine_tune_config``)."""
-    from instantft import run as runs
-
-    derive = getattr(runs, "fine_tune_config", None)
-    return derive(run) if derive is not None else run.fine_tune_config()
-
-
 def build_bundle(run: Any) -> Bundle:
     """Everything the device needs for ``instantft finetune`` with the same :class:`RunConfig`:
     the same task, backbone, config and initial adapters (:func:`instantft.run.prepare`)."""
     from instantft import __version__, nf4
     from instantft.methods import create
-    from instantft.run import prepare
+    from instantft.run import fine_tune_config, prepare
 
     method_name = run.method
     if method_name not in METHODS:
         raise InstantFTError(f"--method must be one of {', '.join(METHODS)} for the device, got {method_name!r}")
     (backbone, meta), task = prepare(run)
-    config = _fine_tune_config(run)
+    config = fine_tune_config(run)
     method = create(method_name, backbone, config)
     num_classes = int(method.num_classes)  # type: ignore[attr-defined]
     tensors, ops = chain_tensors(method.backbone)
