@@ -49,3 +49,19 @@ def test_fixed_point_study_tiny_and_resumable(tmp_path: Path):
     assert {r["numerics"] for r in runs} == {"float", "fixed"}
     run_study(tmp_path, seeds=1, quick=True, samples=40, eval_samples=50, show_progress=False)
     assert json.loads((tmp_path / "fixedpoint_runs.json").read_text()) == runs  # resumed: nothing re-run
+
+
+def test_data_dir_reaches_the_fixed_point_study(tmp_path):
+    """``reproduce --data-dir`` used to stop short of the fixed-point study: a corrupt file in the
+    directory given must now be what the study trips over."""
+    import pytest
+
+    from instantft.errors import InstantFTError
+    from instantft.experiments.fixedpoint_study import run_study
+
+    bad = tmp_path / "data" / "mnist"
+    bad.mkdir(parents=True)
+    (bad / "t10k-images-idx3-ubyte.gz").write_bytes(b"not the MNIST file")
+    with pytest.raises(InstantFTError, match="t10k-images"):
+        run_study(tmp_path / "out", seeds=1, quick=True, samples=40, eval_samples=50, show_progress=False,
+                  data_dir=str(tmp_path / "data"))  # fmt: skip

@@ -14,6 +14,7 @@ Writes ``fixedpoint.json`` (every run, summaries, the memory estimate), ``fixedp
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 from collections.abc import Sequence
@@ -103,7 +104,7 @@ def compact(record: dict[str, Any], variant: str, keep_counters: bool) -> dict[s
     return out
 
 
-def run_group(group: Group, threads: int | None = 1) -> list[dict[str, Any]]:
+def run_group(group: Group, threads: int | None = 1, data_dir: str | None = None) -> list[dict[str, Any]]:
     """Every variant of a group on one task and backbone (in a worker process or inline)."""
     import torch
 
@@ -115,7 +116,8 @@ def run_group(group: Group, threads: int | None = 1) -> list[dict[str, Any]]:
     backbone = load_backbone(group.dataset, group.checkpoint)
     config = config_for(group.dataset, seed=group.seed)
     task = make_task(
-        group.dataset, angle=ANGLE, samples=group.samples, seed=group.seed, eval_samples=group.eval_samples
+        group.dataset, angle=ANGLE, samples=group.samples, seed=group.seed, eval_samples=group.eval_samples,
+        data_dir=data_dir,
     )
     out = []
     for v in group.variants:
@@ -137,7 +139,9 @@ def _load(path: Path) -> dict[str, dict[str, Any]]:
     return {run_key(r["dataset"], r["seed"], r["variant"]): r for r in runs}
 
 
-def run_groups(groups: Sequence[Group], path: Path, jobs: int, show_progress: bool) -> dict[str, dict[str, Any]]:
+def run_groups(
+    groups: Sequence[Group], path: Path, jobs: int, show_progress: bool, data_dir: str | None = None
+) -> dict[str, dict[str, Any]]:
     """Run what is not yet in ``path`` (saved after every group); all runs by key."""
     done = _load(path)
     todo = []
@@ -156,7 +160,8 @@ def run_groups(groups: Sequence[Group], path: Path, jobs: int, show_progress: bo
             bar.advance(task, len(records))
             bar.update(task, status=f"{g.dataset} seed {g.seed}")
 
-        run_pending(todo, run_group, lambda g, records: finish(records, g), jobs)
+        work = functools.partial(run_group, data_dir=data_dir)
+        run_pending(todo, work, lambda g, records: finish(records, g), jobs)
     return done
 
 
@@ -400,6 +405,7 @@ def run_study(
     eval_samples: int | None = None,
     checkpoints: dict[str, str] | None = None,
     show_progress: bool = True,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study into ``out_dir``; returns the summaries, the memory estimate and
     ``markdown`` (image linked as ``<out_dir name>/fixedpoint_formats.png``, i.e. relative to the
@@ -426,7 +432,7 @@ def run_study(
             if d == SWEEP_DATASET and s in sweep_seeds:
                 variants = tuple(dict.fromkeys([*variants, *sweep_variants, TRUNCATE]))
             groups.append(Group(d, s, variants, samples, eval_samples, ckpt.get(d)))
-    runs = run_groups(groups, out / "fixedpoint_runs.json", jobs, show_progress)
+    runs = run_groups(groups, out / "fixedpoint_runs.json", jobs, show_progress, data_dir)
     default = FixedPointConfig()
     result: dict[str, Any] = {
         "setup": {

@@ -468,7 +468,7 @@ def svhn_groups(cfg: ReproduceConfig, out: Path) -> list[Group] | str:
 def _fixedpoint(out: Path, cfg: ReproduceConfig) -> dict[str, Any]:
     from instantft.experiments.fixedpoint_study import run_study
 
-    return run_study(out, seeds=cfg.seeds, quick=cfg.quick, jobs=cfg.jobs)
+    return run_study(out, seeds=cfg.seeds, quick=cfg.quick, jobs=cfg.jobs, data_dir=cfg.data_dir)
 
 
 def add_reproduce(sub: Any) -> None:
