@@ -61,6 +61,7 @@ def summarise(results: Sequence[dict[str, Any]], families: Sequence[str]) -> dic
                     "trainable_params": rs[0].get("trainable_params"),
                     "samples": rs[0]["samples"],
                     "eval_samples": rs[0]["eval_samples"],
+                    "commits": sorted({str(r.get("git_commit")) for r in rs}),
                 }
                 for method, rs in by_method.items()
             }
@@ -84,7 +85,9 @@ def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
     lines.append("Made by `instantft reproduce --only backbones` (LeNet-5's column: the Fig. 7 runs at 90°). "
                  f"Accuracy on the {any_cell['eval_samples']:,} held-out images in %, mean ± std over seeds; "
                  "s: median fine-tune seconds; params: trained values; cache: Forward Cache bytes for the "
-                 f"{any_cell['samples']:,} fine-tuning samples.")  # fmt: skip
+                 f"{any_cell['samples']:,} fine-tuning samples. Times are only comparable within a column: the "
+                 "columns were measured in different runs (see the commits below), on machines as busy as they "
+                 "were then.")  # fmt: skip
     for dataset in ("rotmnist", "rotfmnist"):
         present = [f for f in families if dataset in summary[f]]
         if not present:
@@ -103,6 +106,9 @@ def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
         lines += ["", "Forward Cache: " + "; ".join(
             f"{summary[f]['label']} {c['cache_bytes'] / 1e6:.2f} MB" + (" (NF4)" if i % 2 else " (fp32)")
             for i, (f, c) in enumerate(caches) if c)]  # fmt: skip
+        commits = {f: sorted({c for m in summary[f][dataset].values() for c in m["commits"]}) for f in present}
+        lines.append("Runs made at commit: " + "; ".join(f"{summary[f]['label']} {', '.join(c)}"
+                                                        for f, c in commits.items()) + ".")  # fmt: skip
         n = {f: {summary[f][dataset][m]["n"] for m in summary[f][dataset]} for f in present}
         lines.append("Seeds per cell: " + "; ".join(f"{summary[f]['label']} {', '.join(map(str, sorted(v)))}"
                                                     for f, v in n.items()) + ".")  # fmt: skip
