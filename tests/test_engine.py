@@ -19,7 +19,7 @@ from instantft.errors import InstantFTError
 from instantft.methods import DivergedError, FineTuneConfig, create
 from instantft.models import build
 
-FAST = ["numba", "torch"] if engine.numba_available() else ["torch"]
+FAST = (["c"] if engine.c_available() else []) + (["numba", "torch"] if engine.numba_available() else ["torch"])
 SIZES = [1176, 400, 120, 84, 10]
 
 
@@ -185,6 +185,10 @@ def test_engine_choice(monkeypatch: pytest.MonkeyPatch):
         create("skip2-lora", build("lenet5-mnist"), FineTuneConfig(engine="fast"))
     assert engine.resolve_engine("reference") == "reference"
     assert engine.resolve_engine("torch") == "torch"
+    assert engine.resolve_engine("auto") == (
+        "c" if engine.c_available() else "numba" if engine.numba_available() else "torch"
+    )
+    monkeypatch.setattr(engine, "c_available", lambda: False)
     monkeypatch.setattr(engine, "numba_available", lambda: False)
     assert engine.resolve_engine("auto") == "torch"
     with pytest.raises(InstantFTError, match="numba is not installed"):

@@ -137,6 +137,9 @@ def library() -> ctypes.CDLL | None:
     path = library_path()
     if path is None or not os.path.exists(path):
         return None
+    # OpenMP threads that finish early sleep instead of spinning: on a shared machine a spinning
+    # thread takes the core its partner needs (measured here: 2-thread fill 74 -> 48 ms at load 12)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         lib = ctypes.CDLL(path)
         _declare(lib)

@@ -57,7 +57,7 @@ def fast_cache(sizes: list[int], capacity: int, storage: Storage | None, max_byt
 
 
 def fill_cache(
-    backbone: Backbone, cache: ForwardCache, source: CacheSource, data: ImageSet, use_numba: bool
+    backbone: Backbone, cache: ForwardCache, source: CacheSource, data: ImageSet, use_numba: bool, use_c: bool = False
 ) -> ForwardCache:
     """Bind the cache to (backbone, data) and run the base forward for the samples it does not
     hold yet, straight into storage."""
@@ -67,6 +67,11 @@ def fill_cache(
         return cache
     rows = slice(None) if len(todo) == len(data) else todo
     images, keys = data.images[rows], data.indices[rows]
+    if use_c:  # the C core: a chain backbone's forward in C, NF4 encoded in C (engine/chain.py)
+        from instantft.engine.chain import c_fill_cache
+
+        c_fill_cache(backbone, cache, keys, images, source.model)
+        return cache
     compiled = use_numba and lenet_fast_path(backbone)
     if isinstance(cache, FastForwardCache) and compiled:
         cache.fill_slots(keys, lambda start: compiled_fill(backbone, images, cache, start))
@@ -105,7 +110,7 @@ def fast_fit(
     result = FitResult()
     start = time.perf_counter()
     use_numba = backend == "numba"
-    fill_cache(backbone, cache, source, data, use_numba)
+    fill_cache(backbone, cache, source, data, use_numba, use_c=backend == "c")
     slot_of = cache.slots(data.indices)
     if bool((slot_of < 0).any()):
         raise InstantFTError("forward cache is missing samples after the fill")
@@ -114,7 +119,7 @@ def fast_fit(
     A, B = layout.pack(adapters.A, adapters.B)
     images = data.images.reshape(len(data), -1).contiguous()
     losses = np.full(len(plan), np.nan)
-    run = _numba_runner if use_numba else _torch_runner
+    run = {"numba": _numba_runner, "c": _c_runner}.get(backend, _torch_runner)
     train = run(cache, layout, images, data.labels, slot_of, plan, A, B, config, losses)
     ranges = plan.epoch_ranges() if on_step else [(0, len(plan))]
     monitor = LossMonitor()
@@ -169,6 +174,36 @@ def _numba_runner(
         x, cache.codes.numpy(), cache.absmax.numpy(), levels, cache.block_size, *common, first, last, a, b, seg,
         layout.logit_offset, lr, scale, losses,
     )  # fmt: skip
+
+
+def _c_runner(
+    cache: ForwardCache,
+    layout: Layout,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    slot_of: torch.Tensor,
+    plan: Schedule,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    config: FineTuneConfig,
+    losses: np.ndarray,
+) -> Runner:
+    """``train(first, last)`` over the C core's loop (:mod:`instantft.engine.cengine`, the numba
+    loop's semantics); A, B and losses are updated in place."""
+    from instantft.engine import cengine
+
+    seg = layout.segments()
+    common = (slot_of.numpy(), labels.numpy(), plan.order.numpy(), plan.offsets.numpy())
+    a, b, x, lr, scale = A.numpy(), B.numpy(), images.numpy(), config.lr, config.scale
+    if cache.storage == "fp32":
+        rows = cache.rows.numpy()
+        return lambda first, last: cengine.train_fp32(
+            x, rows, *common, first, last, a, b, seg, layout.logit_offset, lr, scale, losses
+        )
+    codes, absmax = cache.codes.numpy(), cache.absmax.numpy()
+    return lambda first, last: cengine.train_nf4(
+        x, codes, absmax, cache.block_size, *common, first, last, a, b, seg, layout.logit_offset, lr, scale, losses
+    )
 
 
 def _torch_runner(
