@@ -12,7 +12,8 @@ ROW_KEYS = {"seconds", "speedup_vs_lora_all", "flop_limit_multiple"}
 
 
 def test_bench_json_contract(capsys: pytest.CaptureFixture[str]):
-    code = main(["bench", "--json", "--samples", "60", "--repeats", "1", "--scaling", "", "--no-compile-check"])
+    code = main(["bench", "--json", "--samples", "60", "--repeats", "1", "--scaling", "", "--no-compile-check",
+                 "--no-callgrind"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     for key in ("methods", "flop_limit_seconds", "sgemm_gflops", "nf4_overhead", "cold_start_seconds",

@@ -41,6 +41,7 @@ import torch
 from instantft.data import ImageSet, make_task
 from instantft.engine import numba_available, resolve_engine
 from instantft.errors import InstantFTError
+from instantft.experiments.core_bench import core_figures
 from instantft.methods import FineTuneConfig, create
 from instantft.models import LeNet5, accuracy
 from instantft.run import config_for, load_backbone
@@ -52,6 +53,10 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("skip-lora", "skip-lora", "auto"),
     ("skip2-lora", "skip2-lora", "auto"),
     ("instantft", "instantft", "auto"),
+    ("skip2-lora[c]", "skip2-lora", "c"),
+    ("instantft[c]", "instantft", "c"),
+    ("skip2-lora[numba]", "skip2-lora", "numba"),
+    ("instantft[numba]", "instantft", "numba"),
     ("skip2-lora[torch]", "skip2-lora", "torch"),
     ("instantft[torch]", "instantft", "torch"),
     ("skip2-lora[reference]", "skip2-lora", "reference"),
@@ -116,6 +121,15 @@ def sgemm_gflops(n: int = 1024, repeats: int = 10) -> float:
 
 
 # --- runs -------------------------------------------------------------------------------------
+def _engine_ok(engine: str) -> bool:
+    """An engine row is run when its engine is installed (and a torch row only beside a faster one)."""
+    try:
+        resolve_engine(engine)
+    except InstantFTError:
+        return False
+    return not (engine == "torch" and resolve_engine("auto") == "torch")
+
+
 def timed_fit(make: Callable[[], Any], data: ImageSet) -> tuple[float, Any, Any]:
     """(seconds, fit result, fitted method) of one ``fit`` call; building the method is not timed."""
     method = make()
@@ -254,11 +268,14 @@ def load_average() -> list[float] | None:
 def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     load_before = load_average()
-    model, meta = load_backbone("rotmnist", args.checkpoint)
+    loaded, meta = load_backbone("rotmnist", args.checkpoint)
+    if not isinstance(loaded, LeNet5):
+        raise InstantFTError("instantft bench times the paper's LeNet-5; --checkpoint must hold one")
+    model = loaded
     task = make_task("rotmnist", angle=args.angle, samples=args.samples, seed=0, data_dir=args.data_dir)
     data, evaluate = task.finetune, task.evaluate
     config = config_for("rotmnist")
-    rows = [r for r in ROWS if not (r[2] == "torch" and resolve_engine("auto") == "torch")]
+    rows = [r for r in ROWS if _engine_ok(r[2])]
     makers: dict[str, Callable[[], Any]] = {
         row: functools.partial(_make, name, model, replace(config, engine=engine))  # type: ignore[arg-type]
         for row, name, engine in rows
@@ -306,6 +323,16 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
     compile_ = cold_start(args, empty_numba_cache=True) if args.compile_check and numba_available() else None
     log("scaling")
     scaling = scale(model, config, data, args, log)
+    core: dict[str, Any] | None = None
+    if "skip2-lora[c]" in makers:
+        log("C core: skip2-lora[c] on one thread")
+        torch.set_num_threads(1)
+        one = [timed_fit(makers["skip2-lora[c]"], data)[0] for _ in range(args.repeats)]
+        torch.set_num_threads(args.threads)
+        log("C core: the frozen forward against ONNX Runtime and torch")
+        core = core_figures(model, data, config, args.threads, args.repeats, log, callgrind=args.callgrind)
+        core["skip2_lora_c_1_thread_seconds"] = statistics.median(one)
+        core["skip2_lora_c_1_thread_runs"] = one
     skip2, inst = methods["skip2-lora"]["seconds"], methods["instantft"]["seconds"]
     out = {
         "methods": methods,
@@ -319,6 +346,7 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
         "peft_lora_seconds": methods[PEFT_ROW]["seconds"] if PEFT_ROW in methods else None,
         "peft_lora_accuracy": methods[PEFT_ROW]["accuracy"] if PEFT_ROW in methods else None,
         "scaling": scaling,
+        "core": core,
         "machine": {**machine(args.threads), "load_average_before": load_before, "load_average_after": load_average()},
         "setup": {
             "dataset": "rotmnist",
@@ -337,6 +365,7 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
         },
     }
     out["targets"] = targets(out)
+    out["targets_c_core"] = targets_c_core(out)
     return out
 
 
@@ -373,6 +402,47 @@ def scale(model: LeNet5, config: FineTuneConfig, data: ImageSet, args: argparse.
             )
             gc.collect()
     return out
+
+
+def _judge(rows: dict[str, tuple[float | None, float, str]]) -> dict[str, Any]:
+    result = {}
+    for name, (value, bound, how) in rows.items():
+        met = None if value is None else (value >= bound if how == "ge" else value <= bound)
+        result[name] = {"value": value, "met": met, "bound": bound, "how": how}
+    return result
+
+
+def targets_c_core(out: dict[str, Any]) -> dict[str, Any]:
+    """Issue 10 §5's targets that this process measures (the device program's are the device
+    tests' business), each with the measured value and whether it is met."""
+    m, core = out["methods"], out.get("core") or {}
+    fwd = core.get("forward_ms") or {}
+
+    def sec(row: str) -> float | None:
+        return m[row]["seconds"] if row in m else None
+
+    c2, n2, i2 = sec("skip2-lora[c]"), sec("skip2-lora[numba]"), sec("instantft[c]")
+    fill, ort = fwd.get("c_fill"), fwd.get("onnxruntime")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a / b
+
+    c1 = core.get("skip2_lora_c_1_thread_seconds")
+    rows: dict[str, tuple[float | None, float, str]] = {
+        "C engine vs numba, skip2-lora end to end (x faster) >= 1.5": (ratio(n2, c2), 1.5, "ge"),
+        "fine-tune / inference-only (C fill, same threads) <= 1.3": (ratio(None if c2 is None else 1e3 * c2, fill), 1.3,
+                                                                     "le"),
+        "frozen forward vs ONNX Runtime (x faster) >= 1.0": (ratio(ort, fill), 1.0, "ge"),
+        "whole fine-tune / ONNX Runtime inference <= 1.5": (ratio(None if c2 is None else 1e3 * c2, ort), 1.5, "le"),
+        "skip2-lora x of FLOP limit <= 3": (m.get("skip2-lora[c]", {}).get("flop_limit_multiple"), 3.0, "le"),
+        "NF4 overhead (instantft[c] / skip2-lora[c] - 1) <= 0.05": (
+            None if i2 is None or c2 is None else i2 / c2 - 1, 0.05, "le"),
+        "fresh process -> first fine-tune (s, import excluded) <= 0.05": (out.get("cold_start_seconds"), 0.05, "le"),
+    }  # fmt: skip
+    result = _judge(rows)
+    result["1 -> 2 threads, skip2-lora[c] end to end (x)"] = {"value": ratio(c1, c2), "met": None}
+    result["1 -> 2 threads, C fill (x)"] = {"value": ratio(fwd.get("c_fill_1_thread"), fill), "met": None}
+    return result
 
 
 def targets(out: dict[str, Any]) -> dict[str, Any]:
@@ -442,6 +512,7 @@ def markdown(out: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {_fmt(t['value'], '.4g')} | {'-' if t['met'] is None else 'yes' if t['met'] else 'no'} |"
         )
+    lines += core_markdown(out)
     lines += ["", f"Reproduce: `{out['setup']['command']}`", ""]
     return "\n".join(lines)
 
@@ -470,6 +541,44 @@ def notes(out: dict[str, Any]) -> list[str]:
     ]
 
 
+def core_markdown(out: dict[str, Any]) -> list[str]:
+    """The C core's section: the frozen forward by every peer, issue 10's targets, instruction counts."""
+    core = out.get("core")
+    if not core:
+        return []
+    mc = out["machine"]
+    lines = [
+        "",
+        "## The C core (issue 10)",
+        "",
+        f"Kernels `{core.get('kernels')}`; {mc.get('threads')} threads for every peer. This machine is shared with "
+        f"other agents (load average before/after {mc.get('load_average_before')} / "
+        f"{mc.get('load_average_after')} on {mc.get('cores')} cores): wall times are medians of interleaved "
+        "rounds and noisy; the instruction counts below are repeatable.",
+        "",
+        "| frozen forward of the 1,024 images | median ms |",
+        "|---|---:|",
+    ]
+    for name, ms in (core.get("forward_ms") or {}).items():
+        lines.append(f"| {name} | {ms:.2f} |")
+    lines += ["", "| target (issue 10 §5) | measured | met |", "|---|---:|---|"]
+    for name, t in out.get("targets_c_core", {}).items():
+        met = "-" if t["met"] is None else "yes" if t["met"] else "no"
+        lines.append(f"| {name} | {_fmt(t['value'], '.4g')} | {met} |")
+    cg = core.get("callgrind")
+    if cg:
+        lines += ["", "| callgrind (one thread) | instructions | entry point | kernels |", "|---|---:|---|---|"]
+        for mode, c in cg.items():
+            lines.append(f"| {mode} | {c['instructions']:,} | `{c['entry']}` | {c['kernels']} |")
+    prog = core.get("program_ms")
+    if prog:
+        lines += ["", "bench program (csrc/bench/bench_core.c, no Python), median ms: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in prog.items())
+                  + f" ({mc.get('threads')} threads); one thread: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in (core.get("program_ms_1_thread") or {}).items())]  # fmt: skip
+    return lines
+
+
 def print_table(out: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -490,7 +599,7 @@ def print_table(out: dict[str, Any]) -> None:
     console.print(table)
     for line in notes(out):
         console.print(line, markup=False)
-    for name, t in out["targets"].items():
+    for name, t in [*out["targets"].items(), *out.get("targets_c_core", {}).items()]:
         console.print(
             f"target {name}: {_fmt(t['value'], '.4g')} ({'-' if t['met'] is None else 'met' if t['met'] else 'missed'})"
         )
@@ -535,4 +644,10 @@ def add_bench(sub: Any) -> None:
         help="skip timing a first-ever compile in a process with an empty numba cache",
     )
     p.add_argument("--markdown", default=None, help="also write the report as Markdown to this file")
+    p.add_argument(
+        "--no-callgrind",
+        dest="callgrind",
+        action="store_false",
+        help="skip the C bench program (compiled here) and its instruction counts under valgrind --tool=callgrind",
+    )
     p.set_defaults(func=cmd_bench)
