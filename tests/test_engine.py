@@ -232,3 +232,20 @@ def test_an_overflowing_last_update_is_divergence(eng: str, option: str, value: 
     config = replace(FineTuneConfig(epochs=1, batch_size=20, engine=eng), **{option: value})
     with pytest.raises(DivergedError, match="diverged"):
         create("instantft", backbone, config).fit(data.subset(slice(0, 40)))
+
+
+@pytest.mark.skipif(not engine.numba_available(), reason="numba is not installed")
+def test_a_damaged_numba_cache_is_one_line(monkeypatch: pytest.MonkeyPatch, backbone, data: ImageSet):
+    """numba unpickles its on-disk kernel cache on a kernel's first call; a truncated file there
+    (what `head -c 100` on a .nbc file gives: UnpicklingError) must not be a traceback."""
+    import pickle
+
+    from instantft.engine import kernels
+
+    def damaged(*args, **kwargs):
+        raise pickle.UnpicklingError("pickle data was truncated")
+
+    monkeypatch.setattr(kernels, "train_fp32", damaged)
+    with pytest.raises(InstantFTError, match=r"compiled-kernel cache failed to load .* delete the kernels") as info:
+        create("skip2-lora", backbone, FineTuneConfig(epochs=1, engine="numba")).fit(data)
+    assert "\n" not in str(info.value)

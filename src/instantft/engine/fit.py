@@ -8,9 +8,12 @@ adapter reads the data row and which a slice of the cache row.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,21 +76,22 @@ def fill_cache(
         c_fill_cache(backbone, cache, keys, images, source.model)
         return cache
     compiled = use_numba and lenet_fast_path(backbone)
-    if isinstance(cache, FastForwardCache) and compiled:
-        cache.fill_slots(keys, lambda start: compiled_fill(backbone, images, cache, start))
-    elif isinstance(cache, FastForwardCache):
+    with numba_cache_guard() if use_numba else contextlib.nullcontext():  # numba kernels: fill, NF4 encoder
+        if isinstance(cache, FastForwardCache) and compiled:
+            cache.fill_slots(keys, lambda start: compiled_fill(backbone, images, cache, start))
+        elif isinstance(cache, FastForwardCache):
 
-        def write(dst: torch.Tensor, ready: Ready) -> None:
-            torch_rows_into(backbone, images, dst, ready)
+            def write(dst: torch.Tensor, ready: Ready) -> None:
+                torch_rows_into(backbone, images, dst, ready)
 
-        cache.fill(keys, write)
-    else:  # a cache the reference loop made: its own put
-        out = torch.empty(len(keys), cache.width)
-        if compiled:
-            compiled_rows_into(backbone, images, out)
-        else:
-            torch_rows_into(backbone, images, out)
-        cache.put(keys, out)
+            cache.fill(keys, write)
+        else:  # a cache the reference loop made: its own put
+            out = torch.empty(len(keys), cache.width)
+            if compiled:
+                compiled_rows_into(backbone, images, out)
+            else:
+                torch_rows_into(backbone, images, out)
+            cache.put(keys, out)
     return cache
 
 
@@ -142,6 +146,31 @@ def fast_fit(
 
 Runner = Callable[[int, int], int]
 
+#: what numba raises when its on-disk cache of compiled kernels is truncated or garbage
+_CACHE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, OSError)
+
+
+@contextlib.contextmanager
+def numba_cache_guard() -> Iterator[None]:
+    """numba loads its compiled-code cache (pickle files beside engine/kernels.py) on a kernel's
+    first call: a damaged file there is one line naming what to delete, not a traceback."""
+    try:
+        yield
+    except _CACHE_ERRORS as exc:
+        where = Path(__file__).parent / "__pycache__"
+        raise InstantFTError(
+            f"numba's compiled-kernel cache failed to load ({type(exc).__name__}: {exc}); delete the "
+            f"kernels.*.nbi/.nbc files in {where} or use --engine c"
+        ) from None
+
+
+def _guard_numba_cache(run: Runner) -> Runner:
+    def guarded(first: int, last: int) -> int:
+        with numba_cache_guard():
+            return run(first, last)
+
+    return guarded
+
 
 def _numba_runner(
     cache: ForwardCache,
@@ -164,16 +193,16 @@ def _numba_runner(
     lr, scale = np.float32(config.lr), np.float32(config.scale)
     x = images.numpy()
     if cache.storage == "fp32":
-        return lambda first, last: kernels.train_fp32(
+        return _guard_numba_cache(lambda first, last: kernels.train_fp32(
             x, cache.rows.numpy(), *common, first, last, a, b, seg, layout.logit_offset, lr, scale, losses
-        )
+        ))  # fmt: skip
     if cache.block_size % 16:
         raise InstantFTError(f"the compiled NF4 loop needs a block size divisible by 16, got {cache.block_size}")
     levels = nf4.NF4_LEVELS.numpy()
-    return lambda first, last: kernels.train_nf4(
+    return _guard_numba_cache(lambda first, last: kernels.train_nf4(
         x, cache.codes.numpy(), cache.absmax.numpy(), levels, cache.block_size, *common, first, last, a, b, seg,
         layout.logit_offset, lr, scale, losses,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _c_runner(
