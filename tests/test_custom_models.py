@@ -39,9 +39,14 @@ class TinyBNNet(nn.Module):
         return self.head["out"](h)
 
 
+def tiny_mlp() -> nn.Module:
+    """An MLP written here, not in instantft: three Linear layers in a plain ``nn.Sequential``."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(), nn.Linear(24, 10))
+
+
 def make(arch: str) -> nn.Module:
     torch.manual_seed(0)
-    model = TinyBNNet() if arch == "tiny-bn" else build(arch)
+    model = {"tiny-bn": TinyBNNet, "tiny-mlp": tiny_mlp}.get(arch, lambda: build(arch))()
     with torch.no_grad():  # non-trivial BatchNorm statistics, as a trained model has
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -50,7 +55,7 @@ def make(arch: str) -> nn.Module:
     return model.eval()
 
 
-ARCHS = ["lenet5-mnist", "mlp-mnist", "resnet8-mnist", "tiny-bn"]
+ARCHS = ["lenet5-mnist", "mlp-mnist", "resnet8-mnist", "tiny-bn", "tiny-mlp"]
 METHODS = [m for m in method_names() if m != "none"]
 
 
