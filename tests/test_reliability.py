@@ -470,3 +470,15 @@ def test_idx_file_claiming_less_than_the_limit_allocates_what_it_holds(tmp_path:
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20  # was 200 MB: gzip's read(n) allocates n bytes up front
+
+
+def test_the_bundled_checkpoint_is_an_input_too(capsys):
+    """Without --checkpoint the bundled weights are read: an output path onto them is refused."""
+    from instantft.models import bundled_checkpoint
+
+    target = bundled_checkpoint("mnist")
+    before = target.read_bytes()
+    code, _, err = run(capsys, "finetune", "--dataset", "rotmnist", "--method", "none", "--samples", "20",
+                       "--eval-samples", "20", "--save-adapter", str(target))  # fmt: skip
+    assert code == 2 and one_line(err) and "is also an input of this run" in err
+    assert target.read_bytes() == before

@@ -95,7 +95,11 @@ def print_json(record: Any) -> None:
 
 
 def _inputs(*paths: Any) -> list[Any]:
-    return [p for p in paths if p is not None]
+    """A run's input files, which an output may never replace: those named, and the bundled
+    checkpoints (read when no --checkpoint is given)."""
+    from instantft.models.checkpoint import BUNDLED_WEIGHTS
+
+    return [p for p in paths if p is not None] + sorted(BUNDLED_WEIGHTS.glob("*.safetensors"))
 
 
 # --- pretrain ---------------------------------------------------------------------------------
