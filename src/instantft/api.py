@@ -118,8 +118,8 @@ class FineTuner:
                 f"{int(images.labels.min())}..{int(images.labels.max())}"
             )
         cache = getattr(method, "cache", None)
-        if cache is not None and cache.source is not None and cache.source != method.cache_source(images):
-            method.cache = None  # new data (or a changed base): a fresh Forward Cache, never stale rows
+        if cache is not None and cache.source is not None and cache.source != method.cache_source(images):  # type: ignore[attr-defined]
+            method.cache = None  # type: ignore[attr-defined]  # new data or a changed base: a fresh cache
         before = {k: v.detach().clone() for k, v in method.trainable().items()}
         try:
             return method.fit(images)
