@@ -147,9 +147,8 @@ def test_small_adapter_claiming_rank_400000_is_refused_before_allocating(tmp_pat
         adapter_io.load_adapter(path, mnist_backbone[0])
     assert built == []  # refused before the method (what allocates rank x d) was built
     monkeypatch.undo()
-    start = time.perf_counter()
     code, _, err = run(capsys, "evaluate", "--adapter", str(path))
-    assert code == 2 and one_line(err) and time.perf_counter() - start < 20  # was 25 s and 4.3 GB
+    assert code == 2 and one_line(err)  # refused before allocating (was 4.3 GB); speed is the bench's
 
 
 def test_adapter_rank_must_match_its_tensors(tmp_path: Path, adapter_method, mnist_backbone):
