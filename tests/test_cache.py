@@ -11,6 +11,7 @@ from instantft import nf4
 from instantft.cache import CacheSource, ForwardCache
 from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, create
+from instantft.settings import Runtime
 
 SIZES = [1176, 400, 120, 84, 10]
 
@@ -68,7 +69,8 @@ def test_method_cache_is_bound_to_its_data(mnist_backbone, small_task):
 def test_method_byte_limit(mnist_backbone, small_task):
     model, _ = mnist_backbone
     with pytest.raises(InstantFTError, match="byte limit"):
-        create("skip2-lora", model, FineTuneConfig(epochs=1, cache_max_bytes=10_000)).fit(small_task.finetune)
+        limited = Runtime(cache_max_bytes=10_000)
+        create("skip2-lora", model, FineTuneConfig(epochs=1), runtime=limited).fit(small_task.finetune)
 
 
 def test_nf4_codebook_is_qlora():

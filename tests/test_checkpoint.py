@@ -58,11 +58,12 @@ def test_shortened_pretraining_learns(tmp_path: Path):
     """On the bundled test split (no training split offline): 6000 images to train, 4000 to test."""
     from instantft.data import load_split
     from instantft.pretrain import PretrainConfig, pretrain_to_file
+    from instantft.settings import Training
 
     split = load_split("mnist", "test")
     data = (split.subset(slice(0, 6000)), split.subset(slice(6000, None)))
-    meta = pretrain_to_file(PretrainConfig("mnist", samples=6000, epochs=1), tmp_path / "p.safetensors",
-                            data=data, show_progress=False)
+    config = PretrainConfig(dataset="mnist", samples=6000, training=Training(epochs=1))
+    meta = pretrain_to_file(config, tmp_path / "p.safetensors", data=data, show_progress=False)
     assert meta["test_accuracy"] > 0.7  # chance is 0.1
     _model, meta2 = load_checkpoint(tmp_path / "p.safetensors")
     assert meta2["test_accuracy"] == meta["test_accuracy"] and meta2["samples"] == 6000

@@ -6,7 +6,6 @@ same predictions, and that the cache paths train what the no-cache path trains."
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from instantft.data import load_split
 from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, create, method_names
 from instantft.models import build
+from instantft.settings import Runtime
 
 
 class TinyBNNet(nn.Module):
@@ -125,7 +125,7 @@ def test_cache_paths_train_the_no_cache_adapters(arch: str, data):
     runs = {}
     for name, engine in (("skip-lora", "reference"), ("skip2-lora", "auto"), ("instantft", "reference"),
                          ("instantft", "auto")):  # fmt: skip
-        m = create(name, model, replace(cfg, engine=engine), example=x[:2])
+        m = create(name, model, cfg, example=x[:2], runtime=Runtime(engine=engine))
         from instantft.api import as_imageset
 
         m.fit(as_imageset((x, y)))

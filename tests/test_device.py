@@ -181,11 +181,12 @@ def test_rotmnist_90_full_size_matches_python(device: Path, tmp_path: Path):
     """The issue's case: RotMNIST 90°, 1,024 fine-tuning images, all 8,976 others evaluated,
     10 epochs: the device reaches Python's accuracy (the real `finetune` on float images) and
     trains the reference loop's adapters."""
-    from instantft.run import finetune
+    from instantft.run import Run, finetune
+    from instantft.settings import Task
 
     bundle = export(tmp_path / "full", "instantft", "--angle", "90")
     out = run_device(device, bundle)
-    python = finetune("instantft", "rotmnist", angle=90).record
+    python = finetune(Run(method="instantft", task=Task(dataset="rotmnist", angle=90))).record
     assert out["eval_samples"] == python["eval_samples"] == 8976
     assert out["accuracy_after"] == pytest.approx(python["accuracy_after"], abs=0.0005)  # within 0.05 pt
     assert out["accuracy_after"] > out["accuracy_before"] + 0.5

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from instantft import nf4
 from instantft.cli import main
 from instantft.errors import InstantFTError
-from instantft.fixedpoint import FixedPointConfig, QFormat, numerics_config
+from instantft.fixedpoint import FixedPointConfig, QFormat
 from instantft.fixedpoint.memory import memory_estimate, memory_markdown
 from instantft.fixedpoint.nf4_codec import LEVEL_FORMAT, LEVELS, decode, encode, entry_bits
 from instantft.fixedpoint.ops import (
@@ -38,6 +38,7 @@ from instantft.fixedpoint.softmax import build_tables, softmax
 from instantft.methods import FineTuneConfig, create
 from instantft.methods.fixed_point import FixedPointInstantFT
 from instantft.models import accuracy, build, save_checkpoint
+from instantft.settings import Runtime
 
 QMODE = {"truncate": QuantizationMode.TRN, "round-half-up": QuantizationMode.RND}
 ROUNDING = st.sampled_from(["truncate", "round-half-up"])
@@ -105,10 +106,8 @@ def test_format_parsing_and_limits():
         FixedPointConfig(softmax_table_size=1000)
     with pytest.raises(InstantFTError):
         FixedPointConfig(softmax_range=6.0)
-    with pytest.raises(InstantFTError):
-        numerics_config("float", act_format="Q8.8")
-    assert numerics_config("float") is None
-    assert numerics_config("fixed", param_format="Q6.10").param == QFormat(6, 10)
+    assert FixedPointConfig(param_format="q6.10").param == QFormat(6, 10)
+    assert FixedPointConfig(param_format="q6.10").param_format == "Q6.10"
 
 
 # --- primitives vs APyTypes -----------------------------------------------------------------------
@@ -257,7 +256,7 @@ def oracle_softmax(y: torch.Tensor, fmt: QFormat, size: int, rng: float, roundin
 )
 def test_table_softmax_matches_apytypes(data, size: int, rng: float, classes: int, rounding: str):
     fmt = data.draw(st.sampled_from([QFormat(8, 16), QFormat(6, 10), QFormat(10, 20), QFormat(4, 8)]))
-    config = FixedPointConfig(act=fmt, rounding=rounding, softmax_table_size=size, softmax_range=rng)
+    config = FixedPointConfig(act_format=str(fmt), rounding=rounding, softmax_table_size=size, softmax_range=rng)
     lim = min(fmt.max_int, 20 << fmt.frac_bits)  # logits within ±20 and the format's edges
     y = data.draw(word_arrays(QFormat(fmt.int_bits, fmt.frac_bits), (3, classes))).clamp(-lim, lim)
     tables = build_tables(config, classes)
@@ -337,9 +336,10 @@ def task():
 
 def test_wide_formats_track_float_instantft(backbone, task):
     """Q16.32 everywhere and fine softmax tables: the integer datapath follows the float method."""
-    config = FineTuneConfig(epochs=2, seed=3, lr=0.1, engine="reference")  # the plain float loop
-    fixed = FixedPointConfig(act="Q16.32", param="Q16.32", softmax_table_size=1 << 14, softmax_range=16.0)
-    fl = create("instantft", backbone, config)
+    config = FineTuneConfig(epochs=2, seed=3, lr=0.1)
+    fixed = FixedPointConfig(act_format="Q16.32", param_format="Q16.32", softmax_table_size=1 << 14,
+                             softmax_range=16.0)  # fmt: skip
+    fl = create("instantft", backbone, config, runtime=Runtime(engine="reference"))  # the plain float loop
     fl.fit(task.finetune)
     fx = FixedPointInstantFT(backbone, config, fixed)
     res = fx.fit(task.finetune)
@@ -358,7 +358,7 @@ def test_default_formats_train_and_narrow_formats_saturate(backbone, task):
     ok = FixedPointInstantFT(backbone, config)
     ok.fit(task.finetune)
     assert {"conv1.out", "skip1.dA", "grad.output", "nf4.dequant"} <= set(ok.counters.tensors)
-    narrow = FixedPointInstantFT(backbone, config, FixedPointConfig(act="Q1.8", param="Q2.6"))
+    narrow = FixedPointInstantFT(backbone, config, FixedPointConfig(act_format="Q1.8", param_format="Q2.6"))
     narrow.fit(task.finetune)
     sat = narrow.counters.saturating()
     assert "input" in sat or "conv1.out" in sat  # activations clipped at ±1 (pixels reach 1.0)
@@ -371,8 +371,6 @@ def test_fixed_method_is_instantft_only(backbone):
 
     with pytest.raises(InstantFTError, match="instantft only"):
         fixed_point_method("lora-all", backbone, FineTuneConfig())
-    with pytest.raises(InstantFTError):
-        fixed_point_method("instantft", backbone, FineTuneConfig(), None, "double")
 
 
 def test_cli_fixed_run_records_numerics_counters_and_memory(backbone, tmp_path, capsys):

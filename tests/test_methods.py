@@ -3,7 +3,6 @@ the Skip-LoRA == Skip2-LoRA equivalence."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from instantft.errors import InstantFTError
 from instantft.methods import METHODS, DivergedError, FineTuneConfig, create, schedule
 from instantft.methods.adapter_io import load_adapter, save_adapter
 from instantft.models import build
+from instantft.settings import Runtime
 
 ARCHS = ["lenet5-mnist", "lenet5-svhn"]
 
@@ -137,15 +137,15 @@ def test_gradients_match_autograd(name: str, arch: str):
 
 def test_skip_lora_and_skip2_lora_train_the_same_adapters(mnist_backbone, small_task):
     model, _ = mnist_backbone
-    cfg = FineTuneConfig(epochs=3, engine="reference")
+    cfg, reference = FineTuneConfig(epochs=3), Runtime(engine="reference")
     trained = {}
     for name in ("skip-lora", "skip2-lora"):
-        m = create(name, model, cfg)
+        m = create(name, model, cfg, runtime=reference)
         m.fit(small_task.finetune)
         trained[name] = m.trainable()
     for k, v in trained["skip-lora"].items():
         assert torch.allclose(v, trained["skip2-lora"][k], rtol=1e-4, atol=1e-6), k
-    lazy = create("skip2-lora", model, replace(cfg, cache_fill="lazy"))
+    lazy = create("skip2-lora", model, cfg, runtime=Runtime(engine="reference", cache_fill="lazy"))
     lazy.fit(small_task.finetune)
     for k, v in lazy.trainable().items():
         assert torch.allclose(v, trained["skip2-lora"][k], rtol=1e-4, atol=1e-6), k
@@ -179,8 +179,8 @@ def test_divergence_names_epoch_and_step(name: str, mnist_backbone, small_task):
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("rank", 0, "--rank must be >= 1"), ("epochs", 0, "--epochs must be >= 1"),
-     ("batch_size", 0, "--batch-size must be >= 1"), ("lr", 0.0, "--lr must be"), ("lr", -1.0, "--lr must be")],
+    [("rank", 0, "rank must be >= 1"), ("epochs", 0, "epochs must be >= 1"),
+     ("batch_size", 0, "batch_size must be >= 1"), ("lr", 0.0, "lr must be > 0"), ("lr", -1.0, "lr must be > 0")],
 )
 def test_bad_hyperparameters(field: str, value: float, message: str):
     with pytest.raises(InstantFTError, match=message):

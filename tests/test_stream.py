@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from instantft.cache import ForwardCache
+from instantft.cli import main as cli_main
 from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, create
 from instantft.run import load_backbone
 from instantft.stream import loop as stream_loop
-from instantft.stream.cli import main as stream_main
+from instantft.stream.config import StreamConfig
 from instantft.stream.corruptions import CORRUPTIONS
-from instantft.stream.loop import StreamConfig, StreamRun, run_stream
+from instantft.stream.loop import StreamRun, run_stream
 from instantft.stream.retention import BoundedCache, Reservoir, SlidingWindow, parse_capacity
 from instantft.stream.schedule import parse_schedule
 from instantft.stream.source import StreamSet, apply_transform, build_stream
@@ -29,10 +30,15 @@ def backbone():
     return load_backbone("rotmnist")[0]
 
 
-def small(**kw):
+def stream_main(args: list[str]) -> int:
+    return cli_main(["stream", *args])
+
+
+def small(epochs: int = 1, **kw):
     base = dict(schedule="rot(0):60,rot(90):60", phase_length=60, heldout=50, cache_capacity="40",
-                adapt_every=40, epochs=1, arrival_batch=10, window=20)  # fmt: skip
-    return StreamConfig(**{**base, **kw})
+                adapt_every=40, arrival_batch=10, window=20)  # fmt: skip
+    seed = kw.pop("seed", 0)
+    return StreamConfig(**{**base, **kw}, adaptation=FineTuneConfig(epochs=epochs, seed=seed))
 
 
 # --- schedules, corruptions, ids ---------------------------------------------------------------
@@ -240,8 +246,8 @@ def test_cli_json(capsys, tmp_path):
         (["--arrival-ms", "0"], "--arrival-ms"),
         (["--arrival-ms", "-1"], "--arrival-ms"),
         (["--arrival-ms", "nan"], "--arrival-ms"),
-        (["--on-shift", "reset"], "needs a --detector"),
-        (["--method", "magic"], "unknown method"),
+        (["--on-shift", "reset"], "needs a detector"),
+        (["--method", "magic"], "--method 'magic' is unknown"),
         (["--retention", "lru"], "--retention"),
         (["--plot", "x.txt"], "--plot"),
         (["--backbone", "vit"], "--backbone"),

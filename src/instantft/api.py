@@ -22,7 +22,6 @@ same base model, refusing any other.
 from __future__ import annotations
 
 import os
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from instantft.backbones import Backbone, TapSpec
 from instantft.data import ImageSet
 from instantft.errors import InstantFTError
+from instantft.machine import torch_threads
 from instantft.methods import FineTuneConfig, FitResult, Method, create, method_names
 from instantft.methods.adapter_io import load_adapter, save_adapter
+from instantft.settings import Runtime
 
 Data = tuple[torch.Tensor, torch.Tensor] | Dataset | ImageSet
-_CONFIG_FIELDS = {f.name for f in fields(FineTuneConfig)}
 
 
 def as_imageset(data: Data, name: str = "user-data") -> ImageSet:
@@ -72,9 +72,11 @@ class FineTuner:
     """Fine-tune ``model`` (any classifier ``nn.Module``: batch -> logits) with ``method``.
 
     ``taps`` chooses the activations the skip adapters read (``"auto"``: the input of every
-    Conv2d and Linear module, see :mod:`instantft.backbones`); every other keyword is a field
-    of :class:`~instantft.methods.FineTuneConfig` (``rank``, ``epochs``, ``lr``, ``batch_size``,
-    ``seed``, ``scale``, ``engine``, ...). ``model`` itself is never modified: the methods work
+    Conv2d and Linear module, see :mod:`instantft.backbones`); every other keyword is a setting:
+    a field of :class:`~instantft.settings.FineTuneConfig` (``rank``, ``epochs``, ``lr``,
+    ``batch_size``, ``seed``, ``scale``, ...), saved with the adapters, or of
+    :class:`~instantft.settings.Runtime` (``engine``, ``threads``, ``cache_fill``, ...), which is not.
+    ``model`` itself is never modified: the methods work
     on a frozen copy. The method is built on the first :meth:`fit` (the taps are found with the
     data's input shape) unless ``example`` (a batch or the per-sample input shape) is given.
     """
@@ -85,24 +87,26 @@ class FineTuner:
         method: str = "instantft",
         taps: TapSpec = "auto",
         example: torch.Tensor | tuple[int, ...] | None = None,
-        **config: Any,
+        **settings: Any,
     ) -> None:
         if method not in method_names():
             raise InstantFTError(f"unknown method {method!r}; valid: {', '.join(method_names())}")
-        unknown = sorted(set(config) - _CONFIG_FIELDS)
+        valid = set(FineTuneConfig.model_fields) | set(Runtime.model_fields)
+        unknown = sorted(set(settings) - valid)
         if unknown:
-            raise InstantFTError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(_CONFIG_FIELDS))}")
+            raise InstantFTError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
         self.model, self.method_name, self.taps = model, method, taps
-        self.config = replace(FineTuneConfig(), **config)
+        self.config = FineTuneConfig(**{k: v for k, v in settings.items() if k in FineTuneConfig.model_fields})
+        self.runtime = Runtime(**{k: v for k, v in settings.items() if k in Runtime.model_fields})
         self.method: Method | None = None
         if example is not None or getattr(model, "input_shape", None) is not None or isinstance(model, Backbone):
-            self.method = create(method, model, self.config, taps, example)
+            self.method = create(method, model, self.config, taps, example, self.runtime)
 
     def _method(self, x: torch.Tensor | None = None) -> Method:
         if self.method is None:
             if x is None:
                 raise InstantFTError("call fit() first (or pass example= so the taps can be found)")
-            self.method = create(self.method_name, self.model, self.config, self.taps, x[:2])
+            self.method = create(self.method_name, self.model, self.config, self.taps, x[:2], self.runtime)
         return self.method
 
     def fit(self, data: Data) -> FitResult:
@@ -122,7 +126,8 @@ class FineTuner:
             method.cache = None  # type: ignore[attr-defined]  # new data or a changed base: a fresh cache
         before = {k: v.detach().clone() for k, v in method.trainable().items()}
         try:
-            return method.fit(images)
+            with torch_threads(self.runtime.threads):
+                return method.fit(images)
         except InstantFTError:
             method.load_trainable(before)  # a diverged fit must not leave half-trained tensors behind
             raise
@@ -148,7 +153,7 @@ class FineTuner:
         method, record = load_adapter(path, model)
         ft = cls.__new__(cls)
         ft.model, ft.method_name, ft.taps = model, method.name, record.get("taps") or "auto"
-        ft.config, ft.method = method.config, method
+        ft.config, ft.runtime, ft.method = method.config, method.runtime, method
         return ft
 
     def __repr__(self) -> str:

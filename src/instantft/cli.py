@@ -1,73 +1,39 @@
-"""The ``instantft`` command line, derived from the typed settings in :mod:`instantft.config`.
-
-Each subcommand is a typed function; cyclopts turns its parameters into flags, and the config
-dataclasses into flattened groups of flags whose help is each field's docstring (one place for
-a flag, its type, its help and its range check). User errors (:class:`InstantFTError`, a bad
-flag or value) print one line, ``error: ...``, and exit with status 2.
-
-Subcommands living elsewhere (reproduce, table1, bench, ...) register through :data:`PARSERS`:
-an ``add_X(sub)`` function adding an argparse parser with ``sub.add_parser(...)`` and
-``set_defaults(func=...)``. They are parsed by :class:`Parser`, argparse with the same one-line
-errors and with negative numbers such as ``-1e-3`` read as values.
+"""The ``instantft`` command line: every subcommand is a typed function registered on one
+cyclopts :data:`app`, and its flags are the fields of the settings models of
+:mod:`instantft.settings` (a field ``batch_size`` is ``--batch-size``; its docstring is the help,
+its default and range are checked where the field is declared). A user error prints one line,
+``error: ...``, and exits with status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import json as jsonlib
 import math
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
-from instantft.config import (
-    AdapterConfig,
-    CacheConfig,
-    LoopConfig,
-    ModelConfig,
-    NumericsConfig,
-    Parser,
-    RunConfig,
-    RuntimeConfig,
-    TaskConfig,
-    TrainingConfig,
-    UsageError,
-    check_int,
-    common,
-    one_line,
-)
 from instantft.errors import InstantFTError
+from instantft.fixedpoint.formats import FixedPointConfig
+from instantft.settings import Adapters, Runtime, SettingsError, Source, Task, Training
+from instantft.stream.config import ADAPT_EPOCHS, StreamSettings
 
-__all__ = ["PARSERS", "Parser", "app", "common", "main"]
+__all__ = ["app", "flag", "main"]
 
-Sub = Any  # argparse's private _SubParsersAction
 
-# the config groups, flattened: --rank, not --adapter.rank
-Task = Annotated[TaskConfig, Parameter(name="*")]
-Model = Annotated[ModelConfig, Parameter(name="*")]
-Training = Annotated[TrainingConfig, Parameter(name="*")]
-Loop = Annotated[LoopConfig, Parameter(name="*")]
-Adapter = Annotated[AdapterConfig, Parameter(name="*")]
-Cache = Annotated[CacheConfig, Parameter(name="*")]
-FIXED_GROUP = "Fixed-point numerics (the FPGA datapath, instantft only)"
-Numerics = Annotated[NumericsConfig, Parameter(name="*", group=FIXED_GROUP)]
-Runtime = Annotated[RuntimeConfig, Parameter(name="*")]
+# the settings models as flattened groups of flags: --rank, not --adapters.rank
+TaskFlags = Annotated[Task, Parameter(name="*", group="Task")]
+SourceFlags = Annotated[Source, Parameter(name="*", group="Backbone")]
+TrainingFlags = Annotated[Training, Parameter(name="*", group="Training")]
+AdapterFlags = Annotated[Adapters, Parameter(name="*", group="Adapters")]
+FixedFlags = Annotated[FixedPointConfig, Parameter(name="*", group="Fixed-point numerics (instantft only)")]
+RuntimeFlags = Annotated[Runtime, Parameter(name="*", group="Runtime")]
 Json = Annotated[bool, Parameter(negative="", help="Print exactly one JSON object (no progress bar, no table).")]
-# frozen, so one default instance serves every call
-NO_TASK = TaskConfig()
-NO_MODEL = ModelConfig()
-NO_TRAINING = TrainingConfig()
-NO_LOOP = LoopConfig()
-NO_ADAPTER = AdapterConfig()
-NO_CACHE = CacheConfig()
-NO_NUMERICS = NumericsConfig()
-NO_RUNTIME = RuntimeConfig()
-
+Numerics = Literal["float", "fixed"]
 
 app = App(
     name="instantft",
@@ -77,6 +43,11 @@ app = App(
     help_on_error=False,
     result_action="return_value",
 )
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a settings field (the one place fields become flags)."""
+    return "--" + field.rsplit(".", 1)[-1].replace("_", "-") if field else ""
 
 
 def _finite(value: Any) -> Any:
@@ -94,6 +65,14 @@ def print_json(record: Any) -> None:
     print(jsonlib.dumps(_finite(record), allow_nan=False))
 
 
+def _apply(runtime: Runtime) -> None:
+    """Process-wide settings, applied once at the command's entry (never by the library)."""
+    if runtime.threads is not None:
+        import torch
+
+        torch.set_num_threads(runtime.threads)
+
+
 def _inputs(*paths: Any) -> list[Any]:
     """A run's input files, which an output may never replace: those named, and the bundled
     checkpoints (read when no --checkpoint is given)."""
@@ -102,17 +81,24 @@ def _inputs(*paths: Any) -> list[Any]:
     return [p for p in paths if p is not None] + sorted(BUNDLED_WEIGHTS.glob("*.safetensors"))
 
 
+def _fixed(numerics: Numerics, fixed: FixedPointConfig) -> FixedPointConfig | None:
+    if numerics == "float":
+        if fixed.model_fields_set:
+            raise SettingsError("numerics", "float takes no fixed-point option (give --numerics fixed)")
+        return None
+    return fixed
+
+
 # --- pretrain ---------------------------------------------------------------------------------
 @app.command
 def pretrain(
     *,
     dataset: Literal["mnist", "fmnist", "svhn"],
     samples: int | None = None,
-    seed: int = 0,
     backbone: Literal["lenet5", "mlp", "resnet8"] = "lenet5",
-    training: Training = NO_TRAINING,
+    training: TrainingFlags = Training(),  # noqa: B008  (frozen: one default instance serves every call)
     out: Path | None = None,
-    runtime: Runtime = NO_RUNTIME,
+    runtime: RuntimeFlags = Runtime(),  # noqa: B008
     json: Json = False,
 ) -> int:
     """Pre-train a backbone: the paper's LeNet-5 (§5.1), the MLP or the ResNet-8.
@@ -123,24 +109,19 @@ def pretrain(
         Base dataset.
     samples
         First N training samples (default: all).
-    seed
-        Weight init and batch order seed, 0 <= seed < 2**63.
     backbone
         Architecture family: lenet5 (the paper's), mlp (3 layers) or resnet8 (BatchNorm, residual blocks).
     out
         Checkpoint file (default BACKBONE-DATASET.safetensors).
     """
-    from instantft.config import SEED_LIMIT, check_steps
     from instantft.data.files import existing_files
     from instantft.fileio import ensure_writable
     from instantft.pretrain import PretrainConfig, pretrain_to_file
+    from instantft.settings import check_steps
 
-    check_int("--seed", seed, 0, SEED_LIMIT - 1, "seeds are 63-bit")
-    check_int("--samples", samples, 1, 2**31 - 1)
-    epochs, batch = training.epochs or 10, training.batch_size or 20
-    check_steps(epochs, samples or 531_131, batch)  # no --samples: bounded by the largest split, SVHN extra
-    _threads(runtime)
-    config = PretrainConfig(dataset, samples, epochs, batch, training.lr, seed, backbone)
+    config = PretrainConfig(dataset=dataset, samples=samples, backbone=backbone, training=training)
+    check_steps(training.epochs, samples or 531_131, training.batch_size)  # no --samples: SVHN extra, the largest
+    _apply(runtime)
     target = ensure_writable(out or f"{backbone}-{dataset}.safetensors", existing_files(dataset, runtime.data_dir))
     meta = pretrain_to_file(config, target, data_dir=runtime.data_dir, show_progress=not json)
     if json:
@@ -150,26 +131,18 @@ def pretrain(
     return 0
 
 
-def _threads(runtime: RuntimeConfig) -> None:
-    if runtime.threads is not None:
-        import torch
-
-        torch.set_num_threads(runtime.threads)
-
-
 # --- finetune ---------------------------------------------------------------------------------
 @app.command
 def finetune(
     *,
     method: str,
-    task: Task = NO_TASK,
-    model: Model = NO_MODEL,
-    training: Training = NO_TRAINING,
-    loop: Loop = NO_LOOP,
-    adapter: Adapter = NO_ADAPTER,
-    cache: Cache = NO_CACHE,
-    numerics: Numerics = NO_NUMERICS,
-    runtime: Runtime = NO_RUNTIME,
+    task: TaskFlags = Task(),  # noqa: B008
+    source: SourceFlags = Source(),  # noqa: B008
+    training: TrainingFlags = Training(),  # noqa: B008
+    adapters: AdapterFlags = Adapters(),  # noqa: B008
+    numerics: Numerics = "float",
+    fixed: FixedFlags = FixedPointConfig(),  # noqa: B008
+    runtime: RuntimeFlags = Runtime(),  # noqa: B008
     save_adapter: Path | None = None,
     json: Json = False,
 ) -> int:
@@ -179,40 +152,41 @@ def finetune(
     ----------
     method
         none, ft-all, ft-last, ft-bias, lora-all, lora-last, skip-lora, skip2-lora or instantft.
+    numerics
+        float, or fixed: InstantFT in the FPGA core's integer arithmetic.
     save_adapter
         Write the trained tensors here (.safetensors + JSON record).
     """
-    from instantft.methods import method_names
+    from instantft.run import prepare, provenance, run_for
 
-    if method not in method_names():
-        raise InstantFTError(f"unknown method {method!r}; valid: {', '.join(method_names())}")
-    run = RunConfig(method, task, model, training, loop, adapter, cache, numerics, runtime)
-    fixed = numerics.fixed()  # option errors before any data is read
+    run = run_for(method, task, source, training, adapters, _fixed(numerics, fixed))
+    config = run.hyper
+    inputs = _inputs(source.checkpoint, source.weights, task.data)
     if save_adapter is not None:
         from instantft.data.files import existing_files
         from instantft.fileio import ensure_writable
         from instantft.run import base_dataset
 
         found = existing_files(base_dataset(task.dataset), runtime.data_dir) if task.dataset else []
-        ensure_writable(save_adapter, _inputs(model.checkpoint, model.weights, task.data, *found))
-    from instantft.fixedpoint import describe
-    from instantft.methods.adapter_io import save_adapter as write_adapter
-    from instantft.run import run_config
+        ensure_writable(save_adapter, [*inputs, *found])
+    _apply(runtime)
+    from instantft.run import finetune as run_finetune
 
-    result = run_config(run)
+    prepared = prepare(task, source, config, runtime)
+    result = run_finetune(run, runtime, prepared=prepared)
     record = result.record
     if save_adapter is not None:
-        picked = {k: record[k] for k in ("dataset", "angle", "seed", "samples")}
-        source = {"data": str(task.data), "model": model.model, "taps": model.taps} if task.data else {}
-        extra: dict[str, Any] = {"task": {**picked, "eval_samples": task.eval_samples, **source},
-                                 "numerics": numerics.numerics}
-        if fixed is not None:
-            extra["fixed"] = fixed.to_dict()
-        write_adapter(save_adapter, result.method, extra, tuple(_inputs(model.checkpoint, model.weights, task.data)))
+        from instantft.methods.adapter_io import save_adapter as write_adapter
+
+        extra: dict[str, Any] = {**provenance(run, prepared.drift), "numerics": record["numerics"]}
+        if run.fixed is not None:
+            extra["fixed"] = run.fixed.to_dict()
+        write_adapter(save_adapter, result.method, extra, tuple(inputs))
         record["adapter"] = str(save_adapter)
     if json:
         print_json(record)
     else:
+        from instantft.fixedpoint import describe
         from instantft.tables import print_runs
 
         angle = f" {record['angle']:g}°" if task.dataset else ""
@@ -226,14 +200,14 @@ def finetune(
 def evaluate(
     *,
     adapter: Path,
-    task: Task = NO_TASK,
-    model: Model = NO_MODEL,
-    runtime: Runtime = NO_RUNTIME,
+    task: TaskFlags = Task(),  # noqa: B008
+    source: SourceFlags = Source(),  # noqa: B008
+    runtime: RuntimeFlags = Runtime(),  # noqa: B008
     json: Json = False,
 ) -> int:
     """Evaluate a backbone + adapter on the evaluation set of the task it was fine-tuned on.
 
-    The adapter file records the dataset (or data file), angle, split seed and sizes; options
+    The adapter file records its task (dataset or data file, angle, sizes) and seed; options
     given override the record, so it scores exactly the images held out when fine-tuning.
 
     Parameters
@@ -241,57 +215,21 @@ def evaluate(
     adapter
         Adapter file written by finetune --save-adapter.
     """
-    from instantft.methods.adapter_io import load_adapter, read_adapter_record
-    from instantft.models import accuracy
-    from instantft.run import prepare
+    from instantft.run import evaluate_adapter
 
-    adapter_record = read_adapter_record(adapter)
-    trained = adapter_record.get("task", {})
-    family = str(adapter_record.get("architecture") or "").split("-")[0]
-    if model == NO_MODEL and family in ("mlp", "resnet8"):  # a bundled non-LeNet backbone: the record says which
-        model = replace(model, backbone=family)
-    if not isinstance(trained, dict):
-        raise InstantFTError(f"{adapter}: adapter metadata is malformed (task is not an object)")
-    data = task.data if task.data is not None else (Path(trained["data"]) if trained.get("data") else None)
-    dataset = None if data is not None else (task.dataset or trained.get("dataset"))
-    if dataset is None and data is None:
-        raise InstantFTError(f"{adapter}: adapter records no dataset; pass --dataset")
-    if dataset is not None and trained.get("dataset") not in (None, dataset):
-        raise InstantFTError(f"{adapter}: adapter was fine-tuned on {trained['dataset']}, not {dataset}")
-
-    def pick(name: str, default: Any) -> Any:
-        given = getattr(task, name)
-        return given if given is not None else trained.get(name, default)
-
-    picked = TaskConfig(
-        dataset=dataset, data=data, angle=pick("angle", None) if data is None else None,
-        samples=pick("samples", None if data is not None else 1024), eval_samples=pick("eval_samples", None),
-        seed=pick("seed", 0),
-    )
-    if data is not None and model.model is None:
-        # a model named in a file is never imported: that would run whatever code the file names
-        named = f" ({trained['model']})" if isinstance(trained.get("model"), str) else ""
-        raise InstantFTError(f"{adapter}: adapter was fine-tuned on your own model{named}; pass --model, --weights")
-    if data is not None and model.taps == "auto" and isinstance(trained.get("taps"), str):
-        model = replace(model, taps=trained["taps"])
-    (backbone, _), drift = prepare(RunConfig("none", picked, model, runtime=runtime))
-    # the plain module: load_adapter rebuilds the method with the taps its record names
-    method, record = load_adapter(adapter, getattr(backbone, "model", backbone))
-    acc = accuracy(method.logits(drift.evaluate.images), drift.evaluate.labels)
-    name = dataset or drift.dataset
-    out = {"method": record["method"], "numerics": record.get("numerics", "float"), "dataset": name,
-           "angle": drift.angle, "seed": picked.seed, "eval_samples": len(drift.evaluate), "accuracy": acc}
+    _apply(runtime)
+    out = evaluate_adapter(adapter, task, source, runtime)
     if json:
         print_json(out)
     else:
-        print(f"{record['method']} on {name} {drift.angle:g}° (split seed {picked.seed}, {len(drift.evaluate)} "
-              f"evaluation images): accuracy {acc:.4f}")
+        print(f"{out['method']} on {out['dataset']} {out['angle']:g}° (split seed {out['seed']}, "
+              f"{out['eval_samples']} evaluation images): accuracy {out['accuracy']:.4f}")  # fmt: skip
     return 0
 
 
 # --- demo -------------------------------------------------------------------------------------
 @app.command
-def demo(*, angle: float = 75.0, seed: int = 0, runtime: Runtime = NO_RUNTIME) -> int:
+def demo(*, angle: float = 75.0, seed: int = 0, runtime: RuntimeFlags = Runtime()) -> int:  # noqa: B008
     """Every method on RotFMNIST 75° (the talk's table).
 
     Parameters
@@ -303,103 +241,128 @@ def demo(*, angle: float = 75.0, seed: int = 0, runtime: Runtime = NO_RUNTIME) -
     """
     from instantft.demo import demo as run_demo
 
-    TaskConfig(angle=angle, seed=seed)  # the same range checks as finetune's
-    _threads(runtime)
+    Task(angle=angle), Training(seed=seed)  # the same range checks as finetune's
+    _apply(runtime)
     run_demo(angle=angle, seed=seed, data_dir=runtime.data_dir)
     return 0
 
 
-# --- subcommands registered from other modules (argparse) ---------------------------------------
-def add_reproduce(sub: Sub) -> None:
-    from instantft.experiments.reproduce import add_reproduce as add
+# --- table1 -----------------------------------------------------------------------------------
+@app.command
+def table1(
+    *,
+    dataset: Literal["mnist", "svhn", "both"] = "both",
+    rank: Annotated[int, Parameter(help="LoRA rank r (the paper's: 4).")] = 4,
+    json: Json = False,
+) -> int:
+    """Parameters, FLOPs and memory per method, beside the paper's Table 1.
 
-    add(sub)
+    Parameters
+    ----------
+    dataset
+        Which network: the MNIST LeNet-5, the SVHN one, or both.
+    """
+    from instantft.analysis.table1 import print_table1, table1_rows
 
-
-def add_table1(sub: Sub) -> None:
-    from instantft.analysis.table1 import add_table1 as add
-
-    add(sub)
-
-
-def add_bench(sub: Sub) -> None:
-    from instantft.experiments.bench import add_bench as add
-
-    add(sub)
-
-
-def add_stream(sub: Sub) -> None:
-    from instantft.stream.cli import add_stream as add
-
-    add(sub)
-
-
-def add_export(sub: Sub) -> None:
-    from instantft.device.export import add_export as add
-
-    add(sub)
+    Adapters(rank=rank)  # the same range as finetune's --rank
+    rows = table1_rows(dataset, rank)
+    if json:
+        print(jsonlib.dumps(rows))
+    else:
+        print_table1(rows)
+    return 0
 
 
-PARSERS: list[Callable[[Sub], None]] = [
-    add_reproduce,
-    add_table1,
-    add_bench,
-    add_stream,
-    add_export,
-]
+# --- stream -----------------------------------------------------------------------------------
+@app.command
+def stream(
+    *,
+    settings: Annotated[StreamSettings, Parameter(name="*", group="Stream")] = StreamSettings(),  # noqa: B008
+    training: TrainingFlags = Training(epochs=ADAPT_EPOCHS),  # noqa: B008
+    adapters: AdapterFlags = Adapters(),  # noqa: B008
+    runtime: RuntimeFlags = Runtime(),  # noqa: B008
+    plot: Path | None = None,
+    json: Json = False,
+) -> int:
+    """Prequential on-the-fly adaptation: test-then-train on a drifting stream with a bounded Forward Cache.
+
+    Parameters
+    ----------
+    plot
+        Write a plot of the windowed accuracy (PNG, PDF or SVG).
+    """
+    from instantft.settings import FineTuneConfig
+    from instantft.stream.cli import run_command
+
+    _apply(runtime)
+    return run_command(settings, FineTuneConfig.of(training, adapters), runtime, plot, json)
 
 
-def argparse_commands() -> dict[str, tuple[argparse.ArgumentParser, str]]:
-    """name -> (parser, one-line help) of every subcommand registered through :data:`PARSERS`."""
-    root = Parser(prog="instantft", add_help=False)
-    sub = root.add_subparsers(dest="command", parser_class=Parser)
-    for add in PARSERS:
-        add(sub)
-    helps = {a.dest: a.help or "" for a in sub._choices_actions}
-    return {name: (parser, helps.get(name, "")) for name, parser in sub.choices.items()}
+# --- export -----------------------------------------------------------------------------------
+@app.command
+def export(
+    *,
+    method: Literal["skip2-lora", "instantft"],
+    out: Path,
+    task: TaskFlags = Task(),  # noqa: B008
+    source: SourceFlags = Source(),  # noqa: B008
+    training: TrainingFlags = Training(),  # noqa: B008
+    adapters: AdapterFlags = Adapters(),  # noqa: B008
+    runtime: RuntimeFlags = Runtime(),  # noqa: B008
+    json: Json = False,
+) -> int:
+    """Write a bundle for instantft-device: the task, backbone and initial adapters `finetune` would use.
+
+    Parameters
+    ----------
+    method
+        The cached method the device runs.
+    out
+        Bundle directory (created; bundle.safetensors + manifest.json).
+    """
+    from instantft.device.export import export_bundle
+    from instantft.run import run_for
+
+    _apply(runtime)
+    summary = export_bundle(run_for(method, task, source, training, adapters), out, runtime)
+    if json:
+        print_json(summary)
+    else:
+        note = "" if summary["pixels_lossless"] else " (rotated pixels rounded to uint8: see manifest.json 'pixels')"
+        print(
+            f"bundle written to {summary['out']}: {summary['method']} on {summary['dataset']} {summary['angle']:g}°, "
+            f"{summary['samples']} + {summary['eval_samples']} images, {summary['steps']} steps, "
+            f"{summary['bundle_bytes']} bytes{note}; run: instantft-device {summary['out']}"
+        )
+    return 0
 
 
-def _register_argparse(commands: dict[str, tuple[argparse.ArgumentParser, str]]) -> None:
-    """List the argparse subcommands in ``instantft --help`` (main() runs them itself)."""
-    for name, (parser, help_text) in commands.items():
-        if name in app:
-            continue
-
-        def forward(*tokens: Annotated[str, Parameter(allow_leading_hyphen=True)], _p: Any = parser) -> int:
-            args = _p.parse_args(list(tokens))
-            return int(args.func(args))
-
-        app.command(forward, name=name, help=help_text)
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in " ".join(text.split()))
 
 
-TYPED = ("pretrain", "finetune", "evaluate", "demo")  # the commands defined above
+def _message(exc: BaseException) -> str:
+    """One line for a user error; a settings field is named by its flag."""
+    cause = exc.__cause__ if isinstance(exc, CycloptsError) else exc
+    if isinstance(cause, SettingsError):
+        return f"{flag(cause.field)} {cause.problem}".strip()
+    return str(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     tokens = list(sys.argv[1:] if argv is None else argv)
     try:
-        try:
-            if tokens and tokens[0] in TYPED:  # the argparse modules are not even imported
-                result = app(tokens)
-                return int(result) if isinstance(result, int) else 0
-            commands = argparse_commands()
-            _register_argparse(commands)
-            if tokens and tokens[0] in commands:
-                args = commands[tokens[0]][0].parse_args(tokens[1:])
-                return int(args.func(args))
-            if tokens in (["--version"], ["-V"]):
-                from instantft import __version__
+        if tokens in (["--version"], ["-V"]):
+            from instantft import __version__
 
-                print(f"instantft {__version__}")
-                return 0
-            result = app(tokens)
-            return int(result) if isinstance(result, int) else 0
-        except CycloptsError as exc:
-            raise UsageError(one_line(str(exc))) from None
+            print(f"instantft {__version__}")
+            return 0
+        result = app(tokens)
+        return int(result) if isinstance(result, int) else 0
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
-    except InstantFTError as exc:
-        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+    except (InstantFTError, CycloptsError) as exc:
+        print(f"error: {_one_line(_message(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

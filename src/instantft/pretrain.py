@@ -4,48 +4,46 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from instantft.data import ImageSet, pretraining_set
 from instantft.errors import InstantFTError
-from instantft.models import FAMILIES, accuracy, arch_for, build, predict, save_checkpoint
+from instantft.models import accuracy, arch_for, build, predict, save_checkpoint
 from instantft.progress import progress_bar
+from instantft.settings import MAX_SAMPLES, Settings, Training, training_for
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    dataset: str = "mnist"
-    samples: int | None = None
-    epochs: int = 10
-    batch_size: int = 20
-    lr: float | None = None  # None: the paper's (0.1, or 0.025 for SVHN)
-    seed: int = 0
-    backbone: str = "lenet5"  # the architecture family (models.FAMILIES): lenet5, mlp, resnet8
+class PretrainConfig(Settings):
+    """What ``instantft pretrain`` trains: a backbone family on a base dataset, with the paper's
+    schedule (:class:`~instantft.settings.Training`: SGD, 10 epochs, batch 20, lr 0.1; SVHN 0.025)."""
 
-    def __post_init__(self) -> None:
-        if self.backbone not in FAMILIES:
-            raise InstantFTError(f"unknown backbone {self.backbone!r}; valid: {', '.join(FAMILIES)}")
+    dataset: Literal["mnist", "fmnist", "svhn"] = "mnist"
+    """Base dataset."""
+    samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None
+    """First N training samples (default: all)."""
+    backbone: Literal["lenet5", "mlp", "resnet8"] = "lenet5"
+    """Architecture family: lenet5 (the paper's), mlp (3 layers) or resnet8 (BatchNorm, residual blocks)."""
+    training: Training = Training()
+
+    @model_validator(mode="after")
+    def _known(self) -> PretrainConfig:
         arch_for(self.backbone, self.dataset)  # one line if this family has no network for the dataset
-        if self.epochs < 1:
-            raise InstantFTError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise InstantFTError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InstantFTError(f"--lr must be a finite number > 0, got {self.lr}")
+        return self
 
     @property
     def arch(self) -> str:
         return arch_for(self.backbone, self.dataset)
 
     @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (0.025 if self.dataset == "svhn" else 0.1)
+    def schedule(self) -> Training:
+        """The training settings with the dataset's own learning rate unless one was given."""
+        return training_for(self.dataset, self.training)
 
 
 def pretrain(
@@ -56,16 +54,17 @@ def pretrain(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a fresh backbone; return it and its checkpoint metadata (with test accuracy)."""
     train, test = data if data is not None else pretraining_set(config.dataset, config.samples, data_dir=data_dir)
-    torch.manual_seed(config.seed)
+    sched = config.schedule
+    torch.manual_seed(sched.seed)
     model = build(config.arch)
     model.train()  # BatchNorm learns its statistics here, and only here
-    opt = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
-    gen = torch.Generator().manual_seed(config.seed)
-    n, bs = len(train), config.batch_size
+    opt = torch.optim.SGD(model.parameters(), lr=sched.lr)
+    gen = torch.Generator().manual_seed(sched.seed)
+    n, bs = len(train), sched.batch_size
     steps = math.ceil(n / bs)
     with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"pretrain {config.arch} on {config.dataset}", total=config.epochs * steps, status="")
-        for epoch in range(config.epochs):
+        task = bar.add_task(f"pretrain {config.arch} on {config.dataset}", total=sched.epochs * steps, status="")
+        for epoch in range(sched.epochs):
             perm = torch.randperm(n, generator=gen)
             loss_sum, correct = 0.0, 0
             for step in range(steps):
@@ -88,17 +87,17 @@ def pretrain(
                     bar.update(
                         task,
                         completed=epoch * steps + step + 1,
-                        status=f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.4f} acc {correct / seen:.4f}",
+                        status=f"epoch {epoch + 1}/{sched.epochs} loss {loss_sum / seen:.4f} acc {correct / seen:.4f}",
                     )
     test_acc = accuracy(predict(model, test.images), test.labels)
     meta = {
         "dataset": config.dataset,
         "train_split": train.name,
         "samples": len(train),
-        "seed": config.seed,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "lr": config.learning_rate,
+        "seed": sched.seed,
+        "epochs": sched.epochs,
+        "batch_size": sched.batch_size,
+        "lr": sched.lr,
         "test_accuracy": test_acc,
     }
     return model, meta

@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from instantft.errors import InstantFTError
+from instantft.settings import FineTuneConfig, Runtime, Source, Task, strict_settings
 
 #: a JSON record larger than this is refused before it is parsed
 MAX_RECORD_BYTES = 1 << 20
@@ -70,33 +71,27 @@ class CheckpointRecord(Record):
 
 
 # --- adapters ---------------------------------------------------------------------------------
-class FineTuneConfigRecord(Record):
-    """FineTuneConfig as saved (its own __post_init__ checks the values' meaning again)."""
-
-    epochs: Count
-    batch_size: Count
-    lr: PositiveFinite
-    rank: Annotated[int, Field(ge=1, lt=2**31)]
-    scale: Finite
-    init: Name
-    init_std: PositiveFinite
-    seed: Seed
-    init_seed: Seed | None = None
-    drop_last: bool
-    cache_fill: Name
-    cache_max_bytes: NonNegInt | None = None
-    engine: Name
-    last_layer: Name | None = None
+def _saved_config(value: Any) -> Any:
+    """A saved :class:`FineTuneConfig`; runtime settings older versions saved with it are dropped."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in Runtime.model_fields}
+    return value
 
 
-class TaskRecord(Record):
-    """The task an adapter was fine-tuned on (what ``evaluate`` re-creates)."""
+def saved_task(value: Any) -> Any:
+    """A saved :class:`Task`; older versions kept the seed (now the config's) and the model and
+    taps (now the record's ``source``) in it."""
+    if isinstance(value, dict):
+        dropped = ("seed", "model", "taps", "eval_images")  # eval_images: what a device manifest adds
+        task = {k: v for k, v in value.items() if k not in dropped and v is not None}
+        if task.get("data") is not None:  # the data's name was saved as its dataset
+            task.pop("dataset", None)
+        return task
+    return value
 
-    dataset: Name
-    angle: Finite | None = None
-    seed: Seed
-    samples: Count
-    eval_samples: Count | None = None
+
+SavedConfig = Annotated[FineTuneConfig, BeforeValidator(_saved_config)]
+SavedTask = Annotated[Task, BeforeValidator(saved_task)]
 
 
 class FixedRecord(Record):
@@ -113,7 +108,7 @@ class AdapterRecord(Record):
     """The record of an adapter file (methods/adapter_io.py)."""
 
     method: Name
-    config: FineTuneConfigRecord
+    config: SavedConfig
     shapes: dict[Name, Annotated[list[Dim], Field(max_length=8)]]
     base_fingerprint: Sha256
     tensors_sha256: Sha256
@@ -121,9 +116,19 @@ class AdapterRecord(Record):
     backbone: Name | None = None  # the model's class name
     taps: Annotated[list[Name], Field(min_length=1, max_length=4096)] | None = None  # Tap.label, in order
     input_shape: Annotated[list[Dim], Field(min_length=1, max_length=8)] | None = None
-    task: TaskRecord | None = None
+    task: SavedTask | None = None
+    source: Source | None = None
     numerics: Literal["float", "fixed"] = "float"
     fixed: FixedRecord | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_source(cls, data: Any) -> Any:
+        """Older records kept the user's model and taps in the task."""
+        task = data.get("task") if isinstance(data, dict) else None
+        if isinstance(task, dict) and "source" not in data and task.get("model") is not None:
+            return {**data, "source": {"model": task["model"], "taps": task.get("taps") or "auto"}}
+        return data
 
 
 # --- results files ----------------------------------------------------------------------------
@@ -185,8 +190,8 @@ class DeviceManifest(Record):
     package_version: Name | None = None
     method: Name
     storage: Literal["fp32", "nf4"]
-    task: TaskRecord
-    config: FineTuneConfigRecord
+    task: SavedTask
+    config: SavedConfig
     base_fingerprint: Sha256
     tap_sizes: Annotated[list[Count], Field(max_length=4096)]
     cache: CacheSizeRecord
@@ -297,7 +302,8 @@ def validate(schema: type[M], data: Any, where: str) -> M:
     if not isinstance(data, dict):
         raise InstantFTError(f"{where}: expected a JSON object, got {type(data).__name__}")
     try:
-        return schema.model_validate(data)
+        with strict_settings():
+            return schema.model_validate(data)
     except ValidationError as exc:
         raise InstantFTError(f"{where}: {_describe(exc)}") from None
 

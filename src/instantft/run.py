@@ -1,25 +1,35 @@
 """One fine-tuning run end to end: task, backbone, method, fit, evaluate. The function the CLI,
-the demo and ``reproduce`` all call."""
+the demo and the studies all call."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from instantft.data import DriftTask, make_task
 from instantft.errors import InstantFTError
 from instantft.fixedpoint import FixedPointConfig
-from instantft.methods import DivergedError, FineTuneConfig, FitResult, Method, create
+from instantft.machine import torch_threads
+from instantft.methods import DivergedError, FitResult, Method, create
 from instantft.models import ARCH_FOR_DATASET, accuracy, arch_for, bundled_checkpoint, load_checkpoint
-
-if TYPE_CHECKING:
-    from instantft.config import RunConfig
-
-DEFAULT_LR = {"rotmnist": 0.1, "rotfmnist": 0.1, "svhn": 0.025}
+from instantft.settings import (
+    DATASET_LR,
+    Adapters,
+    FineTuneConfig,
+    Runtime,
+    Settings,
+    SettingsError,
+    Source,
+    Task,
+    Training,
+    check_adapter_memory,
+    check_steps,
+    training_for,
+)
 
 
 def base_dataset(dataset: str) -> str:
@@ -45,75 +55,103 @@ class RunResult:
     record: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run is set up besides its hyper-parameters (:class:`FineTuneConfig`): the task's
-    size and angle when :func:`finetune` builds the task, where files come from, the numerics,
-    and what a sweep reuses or keeps."""
+def config_for(dataset: str | None, **overrides: Any) -> FineTuneConfig:
+    """The default config for a task (its paper learning rate), with ``None`` overrides ignored."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return FineTuneConfig(**{"lr": DATASET_LR.get(base_dataset(dataset or ""), Training().lr), **given})
 
-    angle: float | None = None
-    samples: int = 1024
-    eval_samples: int | None = None
-    checkpoint: str | os.PathLike[str] | None = None
-    data_dir: str | os.PathLike[str] | None = None
-    threads: int | None = None
-    # a sweep keeps a diverged run (NaN weights score what they score) instead of raising
-    record_divergence: bool = False
-    # the adapters are a no-op at init, so a caller running several methods on one task may pass
-    # the base model's accuracy instead of re-evaluating it for each (tests check the no-op)
-    accuracy_before: float | None = None
-    numerics: str = "float"
+
+class Run(Settings):
+    """One fine-tuning run: the method and every setting its result depends on."""
+
+    method: str
+    """none, ft-all, ft-last, ft-bias, lora-all, lora-last, skip-lora, skip2-lora or instantft."""
+    task: Task = Task(dataset="rotmnist")
+    source: Source = Source()
+    config: FineTuneConfig | None = None
+    """The hyper-parameters (default: the task's, :func:`config_for`)."""
     fixed: FixedPointConfig | None = None
+    """InstantFT in the FPGA core's integer arithmetic (:mod:`instantft.fixedpoint`) instead of float."""
+
+    @property
+    def hyper(self) -> FineTuneConfig:
+        return self.config if self.config is not None else config_for(self.task.dataset)
+
+
+def run_for(
+    method: str,
+    task: Task,
+    source: Source,
+    training: Training,
+    adapters: Adapters,
+    fixed: FixedPointConfig | None = None,
+) -> Run:
+    """The run the command line's settings name, checked before any data is read; the task's own
+    learning rate applies unless one was given."""
+    from instantft.methods import method_names
+
+    if method not in method_names():
+        raise SettingsError("method", f"{method!r} is unknown; valid: {', '.join(method_names())}")
+    if task.dataset is None and task.data is None:
+        raise SettingsError("dataset", "or --data is needed: a built-in task (rotmnist, rotfmnist, svhn) or your files")
+    if source.model is not None and task.data is None:
+        raise SettingsError("model", "needs --data: the built-in tasks run on the bundled backbones (--backbone)")
+    config = FineTuneConfig.of(training_for(base_dataset(task.dataset or ""), training), adapters)
+    check_steps(config.epochs, task.finetune_samples(), config.batch_size)
+    return Run(method=method, task=task, source=source, config=config, fixed=fixed)
+
+
+def provenance(run: Run, drift: DriftTask) -> dict[str, Any]:
+    """What an adapter record says it was trained on: the task (with the sample count actually
+    used) and the backbone's source, so ``evaluate`` re-creates the same split."""
+    task = run.task.replace(samples=len(drift.finetune))
+    return {"task": task.to_dict(), "source": run.source.to_dict()}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run's inputs, built once: the backbone (a model or a traced Backbone), its metadata and
+    the split task. A caller running several methods on one task passes it to each, with the base
+    model's accuracy (the adapters start as a no-op, so it is every method's starting point)."""
+
+    backbone: Any
+    meta: dict[str, Any]
+    drift: DriftTask
+    accuracy_before: float | None = None
 
 
 def finetune(
-    method: str,
-    dataset: str = "rotmnist",
-    *,
-    config: FineTuneConfig | None = None,
-    task: DriftTask | None = None,
-    backbone: tuple[Any, dict[str, Any]] | None = None,
-    options: RunOptions | None = None,
-    **option_values: Any,
+    run: Run, runtime: Runtime | None = None, *, prepared: Prepared | None = None, record_divergence: bool = False
 ) -> RunResult:
-    """Fine-tune ``method`` on a drift task and evaluate before and after.
-
-    ``config``: the hyper-parameters (default: the paper's for ``dataset``); ``task`` and
-    ``backbone`` (model, checkpoint metadata): built here when not given; ``options``: a
-    :class:`RunOptions`, whose fields may also be passed by name, e.g.
-    ``finetune("instantft", "rotmnist", angle=90)``. ``numerics="fixed"``: InstantFT in the
-    FPGA core's integer arithmetic (:mod:`instantft.fixedpoint`, config ``fixed``)."""
-    opts = replace(options or RunOptions(), **option_values)  # an unknown name is a TypeError, as in a call
-    angle, samples, eval_samples, checkpoint = opts.angle, opts.samples, opts.eval_samples, opts.checkpoint
-    data_dir, threads, numerics, fixed = opts.data_dir, opts.threads, opts.numerics, opts.fixed
-    record_divergence, accuracy_before = opts.record_divergence, opts.accuracy_before
-    config = config or FineTuneConfig(lr=DEFAULT_LR.get(dataset, 0.1))
-    if threads is not None:
-        torch.set_num_threads(threads)
-    model, meta = backbone or load_backbone(dataset, checkpoint)
-    task = task or make_task(
-        dataset, angle=angle, samples=samples, seed=config.seed, eval_samples=eval_samples, data_dir=data_dir
-    )
-    if numerics == "float" and fixed is None:
-        m = create(method, model, config)
+    """Fine-tune ``run.method`` on its task and evaluate before and after. ``record_divergence``:
+    a sweep keeps a diverged run (NaN weights score what they score) instead of raising."""
+    runtime = runtime or Runtime()
+    config = run.hyper
+    prepared = prepared or prepare(run.task, run.source, config, runtime)
+    task = prepared.drift
+    check_steps(config.epochs, len(task.finetune), config.batch_size)
+    if run.fixed is None:
+        m = create(run.method, prepared.backbone, config, runtime=runtime)
     else:
         from instantft.methods.fixed_point import fixed_point_method
 
-        m = fixed_point_method(method, model, config, fixed, numerics)
+        m = fixed_point_method(run.method, prepared.backbone, config, run.fixed)
     ev = task.evaluate
-    before = accuracy(m.logits(ev.images), ev.labels) if accuracy_before is None else accuracy_before
-    diverged = None
-    try:
-        fit = m.fit(task.finetune)
-    except DivergedError as exc:
-        if not record_divergence:
-            raise
-        fit, diverged = FitResult(), str(exc)
-    after = accuracy(m.logits(ev.images), ev.labels)
+    with torch_threads(runtime.threads):
+        before = prepared.accuracy_before
+        before = accuracy(m.logits(ev.images), ev.labels) if before is None else before
+        diverged = None
+        try:
+            fit = m.fit(task.finetune)
+        except DivergedError as exc:
+            if not record_divergence:
+                raise
+            fit, diverged = FitResult(), str(exc)
+        after = accuracy(m.logits(ev.images), ev.labels)
     record = {
-        "method": method,
-        "numerics": numerics,
-        "dataset": dataset,
+        "method": run.method,
+        "numerics": "float" if run.fixed is None else "fixed",
+        "dataset": run.task.name,
         "angle": task.angle,
         "seed": config.seed,
         "rank": config.rank,
@@ -131,20 +169,15 @@ def finetune(
         "epoch_losses": fit.epoch_losses,
         "diverged": diverged,
         "config": config.to_dict(),
-        "checkpoint": {k: meta.get(k) for k in ("architecture", "dataset", "seed", "test_accuracy", "weights_sha256")},
+        "checkpoint": {k: prepared.meta.get(k) for k in ("architecture", "dataset", "seed", "test_accuracy",
+                                                          "weights_sha256")},
     }
-    if numerics == "fixed":
+    if run.fixed is not None:
         record["fixed_point"] = m.report()  # type: ignore[attr-defined]
     return RunResult(m, record)
 
 
-def config_for(dataset: str, **overrides: Any) -> FineTuneConfig:
-    """The default config for a dataset (its paper lr), with ``None`` overrides ignored."""
-    base = FineTuneConfig(lr=DEFAULT_LR.get(dataset, 0.1))
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-
-# --- the command line's glue: typed settings (instantft.config) -> one run ----------------------
+# --- the backbone and the task a run names ----------------------------------------------------
 def user_model(spec: str, weights: str | os.PathLike[str] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``package.module:factory`` called with no argument, then ``weights`` (a safetensors state
     dict) loaded into it; every failure is one line. The working directory is importable, as it
@@ -211,58 +244,73 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def prepare(run: RunConfig) -> tuple[tuple[Any, dict[str, Any]], DriftTask]:
-    """The backbone (model or Backbone, metadata) and the task a :class:`RunConfig` names: a
-    built-in task on a bundled or given LeNet-5, or the user's data on the user's model."""
-    from instantft.config import check_adapter_memory, check_steps
-
-    t, m = run.task, run.model
-    if t.data is not None:
+def prepare(task: Task, source: Source, config: FineTuneConfig, runtime: Runtime | None = None) -> Prepared:
+    """The backbone and the split task that ``task`` and ``source`` name: a built-in task on a
+    bundled or given network, or the user's data on the user's model; sizes checked against the
+    memory budget before anything is trained."""
+    data_dir = runtime.data_dir if runtime is not None else None
+    if task.data is not None:
         from instantft.data.userdata import check_against_model, load_user_data, user_task
 
-        loaded = load_user_data(t.data)
-        if m.model is not None:
-            model, meta = user_model(m.model, m.weights)
-        elif m.checkpoint is not None:  # an in-tree network, e.g. a LeNet-5 from `instantft pretrain`
-            model, meta = load_checkpoint(m.checkpoint)
+        loaded = load_user_data(task.data)
+        if source.model is not None:
+            model, meta = user_model(source.model, source.weights)
+        elif source.checkpoint is not None:  # an in-tree network, e.g. a LeNet-5 from `instantft pretrain`
+            model, meta = load_checkpoint(source.checkpoint)
         else:
             raise InstantFTError("--data needs --model (package.module:factory) or --checkpoint (an in-tree network)")
-        check_against_model(loaded.data, model, str(t.data))
-        task = user_task(loaded.data, samples=t.samples, seed=run.seed, eval_samples=t.eval_samples)
+        check_against_model(loaded.data, model, str(task.data))
+        drift = user_task(loaded.data, samples=task.samples, seed=config.seed, eval_samples=task.eval_samples)
         meta["classes"] = loaded.classes
     else:
-        assert t.dataset is not None
-        model, meta = load_backbone(t.dataset, m.checkpoint, m.backbone)
-        task = make_task(
-            t.dataset, angle=t.angle, samples=t.samples if t.samples is not None else 1024, seed=run.seed,
-            eval_samples=t.eval_samples, data_dir=run.runtime.data_dir,
-        )
-    config = fine_tune_config(run)
-    check_steps(config.epochs, len(task.finetune), config.batch_size)
+        if task.dataset is None:
+            raise InstantFTError("give --dataset (rotmnist, rotfmnist, svhn) or --data (an image folder or .npz file)")
+        model, meta = load_backbone(task.dataset, source.checkpoint, source.backbone)
+        drift = make_task(task.dataset, angle=task.angle, samples=task.finetune_samples(), seed=config.seed,
+                          eval_samples=task.eval_samples, data_dir=data_dir)  # fmt: skip
+    check_steps(config.epochs, len(drift.finetune), config.batch_size)
     from instantft.backbones import Backbone
 
-    traced = Backbone(model, taps=m.tap_spec, example=task.finetune.images[:2])
+    traced = Backbone(model, taps=source.tap_spec, example=drift.finetune.images[:2])
     # the bundled LeNet-5 with its default taps goes in as it is (the methods' fast paths know it)
-    backbone: Any = traced if m.model is not None or m.tap_spec != "auto" else model
-    sizes, classes = traced.sizes, traced.num_classes
-    cache = len(task.finetune) * 4 * sum(traced.cache_sizes)
-    check_adapter_memory(config.rank, sizes, classes, cache)
-    return (backbone, meta), task
+    backbone: Any = traced if source.model is not None or source.tap_spec != "auto" else model
+    cache = len(drift.finetune) * 4 * sum(traced.cache_sizes)
+    check_adapter_memory(config.rank, traced.sizes, traced.num_classes, cache)
+    return Prepared(backbone, meta, drift)
 
 
-def fine_tune_config(run: RunConfig) -> FineTuneConfig:
-    """The command line's groups mapped onto the methods' :class:`FineTuneConfig`, with the
-    dataset's paper learning rate unless ``--lr`` is given."""
-    return config_for(run.task.dataset or "", seed=run.seed, **run.groups())
+def evaluate_adapter(path: Path, task: Task, source: Source, runtime: Runtime | None = None) -> dict[str, Any]:
+    """Score an adapter file on the evaluation images of the task it records (``task`` and
+    ``source`` fields given explicitly override the record's)."""
+    from instantft.methods.adapter_io import load_adapter, read_adapter_record
+    from instantft.records import saved_task
 
-
-def run_config(run: RunConfig) -> RunResult:
-    """One run from the command line's typed settings (see :mod:`instantft.config`)."""
-    if run.runtime.threads is not None:
-        torch.set_num_threads(run.runtime.threads)
-    backbone, task = prepare(run)
-    fixed = run.numerics.fixed()
-    return finetune(
-        run.method, run.dataset, config=fine_tune_config(run), task=task, backbone=backbone,
-        numerics=run.numerics.numerics, fixed=fixed,
-    )
+    record = read_adapter_record(path)
+    saved = Task.load(saved_task(record.get("task") or {}), f"{path}: adapter task")
+    given, base = task.model_dump(exclude_unset=True), saved.model_dump(exclude_unset=True)
+    for field, other in (("data", "dataset"), ("dataset", "data")):
+        if field in given:  # one source replaces the other
+            base.pop(other, None)
+    task = Task(**{**base, **given})
+    if task.dataset is None and task.data is None:
+        raise InstantFTError(f"{path}: adapter records no dataset; pass --dataset")
+    if saved.dataset is not None and task.dataset not in (None, saved.dataset):
+        raise InstantFTError(f"{path}: adapter was fine-tuned on {saved.dataset}, not {task.dataset}")
+    recorded = record.get("source") or {}
+    if task.data is not None and source.model is None:
+        # a model named in a file is never imported: that would run whatever code the file names
+        named = f" ({recorded['model']})" if isinstance(recorded.get("model"), str) else ""
+        raise InstantFTError(f"{path}: adapter was fine-tuned on your own model{named}; pass --model, --weights")
+    family = str(record.get("architecture") or "").split("-")[0]
+    if not source.model_fields_set and family in ("mlp", "resnet8"):  # a bundled non-LeNet backbone
+        source = Source(backbone=family)
+    if task.data is not None and "taps" not in source.model_fields_set and isinstance(recorded.get("taps"), str):
+        source = source.replace(taps=recorded["taps"])
+    config = FineTuneConfig.load_record(record["config"], f"{path}: adapter config")
+    prepared = prepare(task, source, config, runtime)
+    model = getattr(prepared.backbone, "model", prepared.backbone)
+    method, _ = load_adapter(path, model)  # rebuilt with the taps its record names
+    drift = prepared.drift
+    return {"method": record["method"], "numerics": record.get("numerics", "float"), "dataset": task.name,
+            "angle": drift.angle, "seed": config.seed, "eval_samples": len(drift.evaluate),
+            "accuracy": accuracy(method.logits(drift.evaluate.images), drift.evaluate.labels)}  # fmt: skip

@@ -10,57 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
 
 import torch
 
 from instantft.errors import InstantFTError
+from instantft.settings import FineTuneConfig, SettingsError
 
-Init = Literal["gaussian", "kaiming"]
-
-
-@dataclass(frozen=True)
-class FineTuneConfig:
-    """Hyper-parameters of a fine-tuning run. Defaults are the paper's (§5.1) where it states
-    them; the rest are documented choices (see README, "Defaults the paper leaves open")."""
-
-    epochs: int = 10
-    batch_size: int = 20
-    lr: float = 0.1  # 0.025 for SVHN
-    rank: int = 4
-    scale: float = 1.0  # LoRA output multiplier (alpha / r)
-    init: Init = "gaussian"  # A ~ N(0, init_std²), or PEFT's kaiming-uniform; B = 0
-    init_std: float = 0.1
-    seed: int = 0  # batch order and (unless init_seed is set) adapter init
-    init_seed: int | None = None
-    drop_last: bool = True  # 1024 = 51 × 20 + 4: skip the 4-sample step, as #iter = N / batch
-    cache_fill: Literal["batched", "lazy"] = "batched"
-    cache_max_bytes: int | None = None
-    engine: str = "auto"  # skip methods' training loop: instantft.engine.ENGINES (checked by resolve_engine)
-    last_layer: str | None = None  # ft-last / lora-last: the module to train (default: the last Linear run)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.rank >= 1, f"--rank must be >= 1, got {self.rank}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a finite number > 0, got {self.lr}"),
-            (self.init in ("gaussian", "kaiming"), f"--init must be gaussian or kaiming, got {self.init!r}"),
-            (self.init_std > 0, f"--init-std must be > 0, got {self.init_std}"),
-            (self.cache_fill in ("batched", "lazy"), f"--cache-fill must be batched or lazy, got {self.cache_fill!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InstantFTError(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def adapter_seed(self) -> int:
-        return self.seed if self.init_seed is None else self.init_seed
-
+__all__ = ["DivergedError", "FineTuneConfig", "FitResult", "LossMonitor", "epoch_batches", "schedule"]
 
 def epoch_batches(n: int, config: FineTuneConfig, generator: torch.Generator) -> list[torch.Tensor]:
     """Row indices of each batch of one epoch (a fresh shuffle per epoch)."""
@@ -72,7 +29,7 @@ def epoch_batches(n: int, config: FineTuneConfig, generator: torch.Generator) ->
 def schedule(n: int, config: FineTuneConfig) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(epoch, step, rows) over the whole run: every method uses this order for a seed."""
     if config.batch_size > n:
-        raise InstantFTError(f"--batch-size {config.batch_size} is larger than the {n} fine-tuning samples")
+        raise SettingsError("batch_size", f"{config.batch_size} is larger than the {n} fine-tuning samples")
     gen = torch.Generator().manual_seed(config.seed)
     for epoch in range(config.epochs):
         for step, rows in enumerate(epoch_batches(n, config, gen)):

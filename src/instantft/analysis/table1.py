@@ -9,8 +9,6 @@ its counts; the paper prints no row for them.
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import TYPE_CHECKING, Any
 
 from instantft.analysis.paper import PAPER_NAMES, PAPER_RANK, paper_row, printed_flops, printed_memory
@@ -203,25 +201,3 @@ def print_table1(rows: list[dict[str, Any]], console: Console | None = None) -> 
             console.print(note, markup=False, highlight=False)
         console.print()
     console.print(CONVENTIONS, markup=False, highlight=False)
-
-
-def cmd_table1(args: argparse.Namespace) -> int:
-    rows = table1_rows(args.dataset, args.rank)
-    if args.json:
-        print(json.dumps(rows))
-    else:
-        print_table1(rows)
-    return 0
-
-
-def add_table1(sub: Any) -> None:
-    """Register ``instantft table1`` (imports only argparse-level code; the counting loads on use)."""
-    from instantft.config import common
-
-    p = sub.add_parser(
-        "table1", parents=[common()], help="parameters, FLOPs and memory per method, beside the paper's Table 1"
-    )
-    p.add_argument("--dataset", choices=[*DATASETS, "both"], default="both", help="which network (default both)")
-    p.add_argument("--rank", type=int, default=PAPER_RANK, help=f"LoRA rank r (default {PAPER_RANK}, the paper's)")
-    p.add_argument("--json", action="store_true", help="print one JSON list, a row per method")
-    p.set_defaults(func=cmd_table1)

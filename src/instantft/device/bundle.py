@@ -38,15 +38,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from instantft.device import BUNDLE_FILE, FORMAT, MANIFEST_FILE, METHODS
 from instantft.errors import InstantFTError
+
+if TYPE_CHECKING:
+    from instantft.run import Run
+    from instantft.settings import Engine, Runtime
 
 OP_FIELDS = ("kind", "out_c", "kh", "kw", "sh", "sw", "ph", "pw", "tap")
 
@@ -120,7 +124,7 @@ def chain_tensors(backbone: Any) -> tuple[dict[str, np.ndarray], list[dict[str, 
     return tensors, described
 
 
-def adapter_record(method: Any, task_record: dict[str, Any]) -> dict[str, Any]:
+def adapter_record(method: Any, saved: dict[str, Any]) -> dict[str, Any]:
     """The record ``instantft finetune --save-adapter`` writes for this method and task, made by
     the same code (methods.adapter_io.save_adapter), so the two can never drift apart. It is the
     record of the *initial* adapters (a valid adapter record); ``tensors_sha256`` is moved to the
@@ -129,25 +133,26 @@ def adapter_record(method: Any, task_record: dict[str, Any]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="instantft-export-") as tmp:
         path = Path(tmp) / "record.safetensors"
-        save_adapter(path, method, {"task": task_record, "numerics": "float"})
+        save_adapter(path, method, {**saved, "numerics": "float"})
         record = read_adapter_record(path)
     digest = record.pop("tensors_sha256")
     return {**record, "tensors_sha256": digest}
 
 
-def build_bundle(run: Any) -> Bundle:
-    """Everything the device needs for ``instantft finetune`` with the same :class:`RunConfig`:
-    the same task, backbone, config and initial adapters (:func:`instantft.run.prepare`)."""
+def build_bundle(run: Run, runtime: Runtime | None = None) -> Bundle:
+    """Everything the device needs for ``instantft finetune`` with the same :class:`Run`: the
+    same task, backbone, config and initial adapters (:func:`instantft.run.prepare`)."""
     from instantft import __version__, nf4
     from instantft.methods import create
-    from instantft.run import fine_tune_config, prepare
+    from instantft.run import prepare, provenance
 
     method_name = run.method
     if method_name not in METHODS:
         raise InstantFTError(f"--method must be one of {', '.join(METHODS)} for the device, got {method_name!r}")
-    (backbone, meta), task = prepare(run)
-    config = fine_tune_config(run)
-    method = create(method_name, backbone, config)
+    config = run.hyper
+    prepared = prepare(run.task, run.source, config, runtime)
+    task, meta = prepared.drift, prepared.meta
+    method = create(method_name, prepared.backbone, config)
     num_classes = int(method.num_classes)  # type: ignore[attr-defined]
     tensors, ops = chain_tensors(method.backbone)
     tensors.update({k: v.detach().numpy().astype(np.float32) for k, v in method.trainable().items()})
@@ -157,18 +162,10 @@ def build_bundle(run: Any) -> Bundle:
         tensors[f"{part}.images"], errors[part] = to_uint8(images.images)
         tensors[f"{part}.labels"] = _labels_uint8(images.labels, num_classes)
         tensors[f"{part}.indices"] = images.indices.numpy().astype(np.int32)
-    # the task record `finetune --save-adapter` writes (cli.finetune), so evaluate finds the task
-    t, m = run.task, run.model
-    source = {"data": str(t.data), "model": m.model, "taps": m.taps} if t.data else {}
-    task_record = {
-        "dataset": run.dataset,
-        "angle": task.angle,
-        "seed": config.seed,
-        "samples": len(task.finetune),
-        "eval_samples": t.eval_samples,
-        **source,
-    }
-    record = adapter_record(method, task_record)
+    # the record `finetune --save-adapter` writes, so evaluate finds the task
+    saved = provenance(run, task)
+    task_record = saved["task"]
+    record = adapter_record(method, saved)
     storage = METHODS[method_name]
     metadata = {
         "format": FORMAT,
@@ -182,10 +179,10 @@ def build_bundle(run: Any) -> Bundle:
     sizes = [int(s) for s in method.in_sizes]  # type: ignore[attr-defined]
     width = sum(sizes[1:]) + num_classes
     row_bytes = 4 * width if storage == "fp32" else nf4.nbytes_per_row(width)
-    if config.cache_max_bytes is not None and row_bytes * len(task.finetune) > config.cache_max_bytes:
+    limit = runtime.cache_max_bytes if runtime is not None else None
+    if limit is not None and row_bytes * len(task.finetune) > limit:
         raise InstantFTError(
-            f"forward cache byte limit exceeded: {len(task.finetune)} entries × {row_bytes} B "
-            f"> {config.cache_max_bytes} B"
+            f"forward cache byte limit exceeded: {len(task.finetune)} entries × {row_bytes} B > {limit} B"
         )
     manifest = {
         "format": FORMAT,
@@ -252,22 +249,23 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> Bundle:
 
 
 def reference_fit(
-    bundle_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None, engine: str = "reference"
+    bundle_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None, engine: Engine = "reference"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train the bundle's task in Python - the reference loop, or another ``engine`` - on the
     bundle's own images (the same uint8 pixels the device reads): the adapters
     ``instantft-device`` must reproduce. Returns the trained tensors and a summary (accuracies
     before and after on the bundle's evaluation set)."""
     from instantft.data import ImageSet
-    from instantft.methods import FineTuneConfig, create
+    from instantft.methods import create
     from instantft.models import accuracy
     from instantft.run import load_backbone
+    from instantft.settings import FineTuneConfig, Runtime
 
     b = read_bundle(bundle_dir)
     record = json.loads(b.metadata["adapter_record"])
-    config = replace(FineTuneConfig(**record["config"]), engine=engine)
+    config = FineTuneConfig.load_record(record["config"], f"{bundle_dir}: adapter config")
     model, _ = load_backbone(record["task"]["dataset"], checkpoint)
-    method = create(b.metadata["method"], model, config)
+    method = create(b.metadata["method"], model, config, runtime=Runtime(engine=engine))
     if method.base_fingerprint != record["base_fingerprint"]:
         raise InstantFTError(f"{bundle_dir}: bundle was exported from another base model")
     for k, v in method.trainable().items():

@@ -20,7 +20,6 @@ from instantft.fixedpoint.formats import (
     QFormat,
     Rounding,
     describe,
-    numerics_config,
 )
 
 __all__ = [
@@ -32,5 +31,4 @@ __all__ = [
     "QFormat",
     "Rounding",
     "describe",
-    "numerics_config",
 ]

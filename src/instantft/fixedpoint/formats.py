@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator
 
 from instantft.errors import InstantFTError
+from instantft.settings import Settings
 
 Rounding = Literal["round-half-up", "truncate"]
 ROUNDINGS: tuple[Rounding, ...] = ("round-half-up", "truncate")
@@ -87,67 +90,48 @@ def _is_power_of_two(x: float) -> bool:
     return x > 0 and math.isfinite(x) and math.frexp(x)[0] == 0.5
 
 
-@dataclass(frozen=True)
-class FixedPointConfig:
-    """The formats and table options of the integer datapath. Defaults: the paper's (§4.1) where
-    it states them; the rest (tables, rounding) are the documented choices of
-    :mod:`instantft.fixedpoint`."""
+def _qformat(text: str) -> str:
+    return str(QFormat.parse(text))
 
-    act: QFormat = field(default=ACT_FORMAT)  # forward activations, cache values, logits, softmax
-    param: QFormat = field(default=PARAM_FORMAT)  # frozen and adapter parameters, all gradients, lr
+
+def _power_of_two_table(n: int) -> int:
+    if not (2 <= n <= 1 << 20 and n & (n - 1) == 0):
+        raise ValueError(f"must be a power of two in 2..2^20, got {n}")
+    return n
+
+
+def _power_of_two(x: float) -> float:
+    if not _is_power_of_two(x):
+        raise ValueError(f"must be a power of two (e.g. 8), got {x}")
+    return x
+
+
+class FixedPointConfig(Settings):
+    """The formats and table options of the integer datapath (``--numerics fixed``). Defaults:
+    the paper's (§4.1) where it states them; the rest (tables, rounding) are the documented
+    choices of :mod:`instantft.fixedpoint`."""
+
+    act_format: Annotated[str, AfterValidator(_qformat)] = str(ACT_FORMAT)
+    """Activations, Qm.n with m counting the sign: forward activations, cache values, logits, softmax."""
+    param_format: Annotated[str, AfterValidator(_qformat)] = str(PARAM_FORMAT)
+    """Parameters and gradients: frozen and adapter parameters, every gradient, the learning rate."""
     rounding: Rounding = "round-half-up"
-    softmax_table_size: int = 1024  # entries in each of the exp and reciprocal tables
-    softmax_range: float = 8.0  # the exp table covers max(y) - y in [0, range)
+    """Rounding of fixed-point products."""
+    softmax_table_size: Annotated[int, AfterValidator(_power_of_two_table)] = 1024
+    """Entries in each of the exp and reciprocal tables of the softmax, a power of two up to 2**20."""
+    softmax_range: Annotated[float, AfterValidator(_power_of_two)] = 8.0
+    """The exp table covers max(y) - y in [0, range): a power of two."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "act", QFormat.parse(self.act))
-        object.__setattr__(self, "param", QFormat.parse(self.param))
-        if self.rounding not in ROUNDINGS:
-            raise InstantFTError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
-        n = self.softmax_table_size
-        if not (isinstance(n, int) and 2 <= n <= 1 << 20 and n & (n - 1) == 0):
-            raise InstantFTError(f"--softmax-table-size must be a power of two in 2..2^20, got {n}")
-        if not _is_power_of_two(self.softmax_range):
-            raise InstantFTError(f"--softmax-range must be a power of two (e.g. 8), got {self.softmax_range}")
+    @property
+    def act(self) -> QFormat:
+        return QFormat.parse(self.act_format)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "act_format": str(self.act),
-            "param_format": str(self.param),
-            "rounding": self.rounding,
-            "softmax_table_size": self.softmax_table_size,
-            "softmax_range": self.softmax_range,
-        }
+    @property
+    def param(self) -> QFormat:
+        return QFormat.parse(self.param_format)
 
 
 NUMERICS = ("float", "fixed")
-
-
-def numerics_config(
-    numerics: str = "float",
-    act_format: str | None = None,
-    param_format: str | None = None,
-    rounding: str | None = None,
-    softmax_table_size: int | None = None,
-    softmax_range: float | None = None,
-) -> FixedPointConfig | None:
-    """The fixed-point config for CLI-style options (``None`` keeps a default), or ``None`` for
-    float numerics, which take no fixed-point option."""
-    given = {
-        "act": act_format,
-        "param": param_format,
-        "rounding": rounding,
-        "softmax_table_size": softmax_table_size,
-        "softmax_range": softmax_range,
-    }
-    options = {k: v for k, v in given.items() if v is not None}
-    if numerics not in NUMERICS:
-        raise InstantFTError(f"--numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
-    if numerics == "float":
-        if options:
-            raise InstantFTError("--act-format, --param-format, --rounding and --softmax-* need --numerics fixed")
-        return None
-    return FixedPointConfig(**options)  # type: ignore[arg-type]
 
 
 def describe(record: dict[str, Any]) -> str:

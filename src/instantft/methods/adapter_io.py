@@ -88,10 +88,7 @@ def load_adapter(path: str | os.PathLike[str], base: Base) -> tuple[Method, dict
     """Rebuild the method on ``base`` (in the numerics it was trained in) and load its tensors."""
     record = read_adapter_record(path)
     method_name = record["method"]
-    try:
-        config = FineTuneConfig(**record["config"])
-    except TypeError as exc:
-        raise InstantFTError(f"{path}: adapter metadata is malformed ({exc})") from None
+    config = FineTuneConfig.load_record(record["config"], f"{path}: adapter config")
     model = base.model if isinstance(base, Backbone) else base
     if record["base_fingerprint"] != model_fingerprint(model):
         raise InstantFTError(f"{path}: adapter was trained on another base model (fingerprint mismatch)")
@@ -100,11 +97,11 @@ def load_adapter(path: str | os.PathLike[str], base: Base) -> tuple[Method, dict
     if tensors_sha256(state) != record["tensors_sha256"]:
         raise InstantFTError(f"{path}: adapter tensors do not match their recorded sha256 (file corrupt)")
     if record.get("numerics", "float") == "fixed":
-        from instantft.fixedpoint import numerics_config
+        from instantft.fixedpoint import FixedPointConfig
         from instantft.methods.fixed_point import fixed_point_method
 
-        fixed = numerics_config("fixed", **(record.get("fixed") or {}))
-        method: Method = fixed_point_method(method_name, base, config, fixed, "fixed")
+        fixed = FixedPointConfig.load(record.get("fixed") or {}, f"{path}: adapter fixed-point config")
+        method: Method = fixed_point_method(method_name, base, config, fixed)
     else:
         method = _rebuild(record, base, config)
     method.load_trainable({k: v.to(torch.float32) for k, v in state.items()})

@@ -18,6 +18,7 @@ from instantft.data import ImageSet
 from instantft.engine import resolve_engine
 from instantft.errors import InstantFTError
 from instantft.models import model_fingerprint
+from instantft.settings import Runtime
 from instantft.training import (
     DivergedError,
     FineTuneConfig,
@@ -57,9 +58,15 @@ class Method(ABC):
     description: ClassVar[str]
 
     def __init__(
-        self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
+        self,
+        base: Backbone | nn.Module,
+        config: FineTuneConfig,
+        taps: TapSpec = "auto",
+        example: Any = None,
+        runtime: Runtime | None = None,
     ) -> None:
-        resolve_engine(config.engine)  # an unknown or missing engine is an error before any work
+        self.runtime = runtime or Runtime()
+        resolve_engine(self.runtime.engine)  # a missing engine is an error before any work
         self.config = config
         self.backbone = as_backbone(base, taps, example)
         self.base = self.backbone.model
@@ -153,9 +160,14 @@ def method_names() -> list[str]:
 
 
 def create(
-    name: str, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
+    name: str,
+    base: Backbone | nn.Module,
+    config: FineTuneConfig | None = None,
+    taps: TapSpec = "auto",
+    example: Any = None,
+    runtime: Runtime | None = None,
 ) -> Method:
     """Method ``name`` on a private frozen copy of ``base`` (a Backbone, or any classifier module)."""
     if name not in METHODS:
         raise InstantFTError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
-    return METHODS[name](base, config, taps, example)
+    return METHODS[name](base, config or FineTuneConfig(), taps, example, runtime)

@@ -31,7 +31,7 @@ from instantft.adapters import SkipAdapters
 from instantft.backbones import Backbone
 from instantft.data import ImageSet
 from instantft.errors import InstantFTError
-from instantft.fixedpoint.formats import NUMERICS, FixedPointConfig
+from instantft.fixedpoint.formats import FixedPointConfig
 from instantft.fixedpoint.lenet import FixedLeNet
 from instantft.fixedpoint.memory import memory_estimate
 from instantft.fixedpoint.nf4_codec import decode, encode, entry_bits
@@ -222,13 +222,8 @@ def fixed_point_method(
     base: Backbone | nn.Module,
     config: FineTuneConfig,
     fixed: FixedPointConfig | None = None,
-    numerics: str = "fixed",
 ) -> FixedPointInstantFT:
     """The method for ``--numerics fixed``: only InstantFT has an integer datapath."""
-    if numerics not in NUMERICS:
-        raise InstantFTError(f"--numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
-    if numerics != "fixed":
-        raise InstantFTError("a fixed-point config is only used with numerics='fixed'")
     if method != "instantft":
         raise InstantFTError(
             f"--numerics fixed is implemented for --method instantft only (the paper's FPGA core), not {method!r}"

@@ -18,6 +18,7 @@ from instantft.backbones import Backbone, TapSpec
 from instantft.data import ImageSet
 from instantft.errors import InstantFTError
 from instantft.methods.base import AutogradMethod, FineTuneConfig, FitResult, register
+from instantft.settings import Runtime
 
 
 class _WeightsMethod(AutogradMethod):
@@ -27,9 +28,14 @@ class _WeightsMethod(AutogradMethod):
         raise NotImplementedError
 
     def __init__(
-        self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
+        self,
+        base: Backbone | nn.Module,
+        config: FineTuneConfig,
+        taps: TapSpec = "auto",
+        example: Any = None,
+        runtime: Runtime | None = None,
     ) -> None:
-        super().__init__(base, config, taps, example)
+        super().__init__(base, config, taps, example, runtime)
         self.model = self.base
         for name, p in self.model.named_parameters():
             p.requires_grad_(self.select(name))
@@ -70,10 +76,15 @@ class FTLast(_WeightsMethod):
     what = "Linear layer to fine-tune (name one with last_layer)"
 
     def __init__(
-        self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
+        self,
+        base: Backbone | nn.Module,
+        config: FineTuneConfig,
+        taps: TapSpec = "auto",
+        example: Any = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.prefix: str | None = None
-        super().__init__(base, config, taps, example)
+        super().__init__(base, config, taps, example, runtime)
 
     def select(self, name: str) -> bool:
         if self.prefix is None:

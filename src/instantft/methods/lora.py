@@ -17,6 +17,7 @@ from instantft.adapters import LoRALayer
 from instantft.backbones import Backbone, Layer, TapSpec
 from instantft.errors import InstantFTError
 from instantft.methods.base import AutogradMethod, FineTuneConfig, register
+from instantft.settings import Runtime
 
 
 class _LoRAMethod(AutogradMethod):
@@ -25,9 +26,14 @@ class _LoRAMethod(AutogradMethod):
         raise NotImplementedError
 
     def __init__(
-        self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
+        self,
+        base: Backbone | nn.Module,
+        config: FineTuneConfig,
+        taps: TapSpec = "auto",
+        example: Any = None,
+        runtime: Runtime | None = None,
     ) -> None:
-        super().__init__(base, config, taps, example)
+        super().__init__(base, config, taps, example, runtime)
         gen = torch.Generator().manual_seed(config.adapter_seed)
         self.model = self.base
         layers = self.adapted()

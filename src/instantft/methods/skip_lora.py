@@ -24,6 +24,7 @@ from instantft.cache import CacheSource, ForwardCache, Storage
 from instantft.data import ImageSet
 from instantft.engine import resolve_engine
 from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, register, schedule
+from instantft.settings import Runtime
 
 FILL_BATCH = 1024
 
@@ -33,9 +34,14 @@ class _SkipMethod(Method):
     cache_storage: ClassVar[Storage | None] = None
 
     def __init__(
-        self, base: Backbone | nn.Module, config: FineTuneConfig, taps: TapSpec = "auto", example: Any = None
+        self,
+        base: Backbone | nn.Module,
+        config: FineTuneConfig,
+        taps: TapSpec = "auto",
+        example: Any = None,
+        runtime: Runtime | None = None,
     ) -> None:
-        super().__init__(base, config, taps, example)
+        super().__init__(base, config, taps, example, runtime)
         self.backbone.require_taps(self.name)
         self.in_sizes = self.backbone.sizes
         self.num_classes = self.backbone.num_classes
@@ -53,7 +59,7 @@ class _SkipMethod(Method):
 
     def new_cache(self, capacity: int) -> ForwardCache:
         assert self.cache_storage is not None
-        return ForwardCache(self.backbone.cache_sizes, capacity, self.cache_storage, self.config.cache_max_bytes)
+        return ForwardCache(self.backbone.cache_sizes, capacity, self.cache_storage, self.runtime.cache_max_bytes)
 
     def cache_rows(self, xs: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
         """The cache row [cached taps | f(x)] of traced activations."""
@@ -79,17 +85,17 @@ class _SkipMethod(Method):
 
     def fit(self, data: ImageSet, on_step: Callable[[int, int], None] | None = None) -> FitResult:
         """Fine-tune the adapters. With a batched cache fill (skip2-lora, instantft) this runs the
-        fast engine chosen by ``config.engine`` (:mod:`instantft.engine`); ``engine="reference"``,
+        fast engine chosen by ``runtime.engine`` (:mod:`instantft.engine`); ``engine="reference"``,
         skip-lora and ``cache_fill="lazy"`` use :meth:`reference_fit`. Both train the same
         adapters (tests/test_engine.py)."""
         self.backbone.check_input(data.images)
-        backend = resolve_engine(self.config.engine)
-        if backend != "reference" and self.cache_storage is not None and self.config.cache_fill == "batched":
+        backend = resolve_engine(self.runtime.engine)
+        if backend != "reference" and self.cache_storage is not None and self.runtime.cache_fill == "batched":
             from instantft.engine.fit import fast_cache, fast_fit
 
             if self.cache is None:
                 sizes, storage = self.backbone.cache_sizes, self.cache_storage
-                self.cache = fast_cache(sizes, len(data), storage, self.config.cache_max_bytes, backend)
+                self.cache = fast_cache(sizes, len(data), storage, self.runtime.cache_max_bytes, backend)
             result = fast_fit(self.backbone, self.adapters, self.cache, self.cache_source(data), data, self.config,
                               on_step, backend)  # fmt: skip
             result.trainable_params = self.trainable_parameters()
@@ -106,14 +112,14 @@ class _SkipMethod(Method):
             if self.cache is None:
                 self.cache = self.new_cache(len(data))
             self.cache.bind(self.cache_source(data))
-            if self.config.cache_fill == "batched":
+            if self.runtime.cache_fill == "batched":
                 self.fill_cache(data)
         for epoch, step, rows in schedule(len(data), self.config):
             images = data.images[rows]
             if self.cache is None:
                 xs, base_logits = self.backbone.trace(images)
             else:
-                if self.config.cache_fill == "lazy":
+                if self.runtime.cache_fill == "lazy":
                     self.fill_cache(data, rows)
                 *cached, base_logits = self.cache.split(self.cache.get(data.indices[rows]))
                 xs = self.tap_inputs(images, cached)

@@ -1,5 +1,5 @@
 """On-the-fly adaptation: drifting streams, a bounded Forward Cache, when to adapt, and the
-prequential (test-then-train) loop (issue 11).
+prequential (test-then-train) loop.
 
 >>> from instantft.stream import StreamConfig, run_stream
 >>> report = run_stream(StreamConfig(schedule="abrupt", method="instantft"))  # doctest: +SKIP
@@ -14,8 +14,9 @@ from typing import Any
 
 _WHERE = {
     "CORRUPTIONS": "corruptions",
-    "STREAM_METHODS": "loop",
-    "StreamConfig": "loop",
+    "STREAM_METHODS": "config",
+    "StreamConfig": "config",
+    "StreamSettings": "config",
     "StreamRun": "loop",
     "run_stream": "loop",
     "POLICIES": "retention",

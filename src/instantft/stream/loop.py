@@ -16,13 +16,12 @@ adaptation takes no stream time.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,87 +29,13 @@ import torch.nn.functional as F
 
 from instantft.engine import resolve_engine
 from instantft.errors import InstantFTError
-from instantft.methods import FineTuneConfig, Method, create, method_names
-from instantft.models import FAMILIES, arch_for, bundled_checkpoint, load_checkpoint
-from instantft.stream.retention import POLICIES, BoundedCache, Retention, make_retention, parse_capacity, row_bytes
-from instantft.stream.schedule import parse_schedule
-from instantft.stream.source import STREAM_DATASETS, Stream, StreamSet, build_stream
-from instantft.stream.trigger import Trigger, make_detector
-
-STREAM_METHODS = ("none", "ft-last", "lora-all", "skip-lora", "skip2-lora", "instantft")
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """One stream run. ``adapt_every`` None with a detector: adapt on its signals only."""
-
-    dataset: str = "rotmnist"
-    schedule: str = "gradual"
-    method: str = "instantft"
-    cache_capacity: str = "1024"  # samples, or bytes with a unit (4MB, 512KiB)
-    retention: str = "window"
-    adapt_every: int | None = 200
-    detector: str | None = None
-    detect_on: Literal["error", "loss"] = "error"
-    on_shift: Literal["keep", "reset"] = "keep"
-    arrival_ms: float | None = None
-    seed: int = 0
-    phase_length: int = 1000
-    epochs: int = 3
-    batch_size: int = 20
-    lr: float = 0.1
-    rank: int = 4
-    arrival_batch: int = 10
-    heldout: int = 500
-    window: int = 200
-    engine: Literal["auto", "numba", "torch", "reference"] = "auto"
-    backbone: str = "lenet5"  # family of the bundled pre-trained backbone (lenet5, mlp, ...)
-    data_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        checks = [
-            (
-                self.dataset in STREAM_DATASETS,
-                f"--dataset must be one of {', '.join(STREAM_DATASETS)}, got {self.dataset!r}",
-            ),
-            (self.method in method_names(), f"unknown method {self.method!r}; valid: {', '.join(method_names())}"),
-            (self.retention in POLICIES, f"--retention must be one of {', '.join(POLICIES)}, got {self.retention!r}"),
-            (self.adapt_every is None or self.adapt_every >= 1, f"--adapt-every must be >= 1, got {self.adapt_every}"),
-            (self.adapt_every is not None or self.detector is not None, "give --adapt-every, --detector or both"),
-            (self.detect_on in ("error", "loss"), f"--detect-on must be error or loss, got {self.detect_on!r}"),
-            (self.on_shift in ("keep", "reset"), f"--on-shift must be keep or reset, got {self.on_shift!r}"),
-            (self.on_shift == "keep" or self.detector is not None, "--on-shift reset needs a --detector"),
-            (
-                self.arrival_ms is None or (self.arrival_ms > 0 and math.isfinite(self.arrival_ms)),
-                f"--arrival-ms must be a finite number > 0, got {self.arrival_ms}",
-            ),
-            (self.arrival_batch >= 1, f"--arrival-batch must be >= 1, got {self.arrival_batch}"),
-            (self.window >= 1, f"--window must be >= 1, got {self.window}"),
-            (self.backbone in FAMILIES, f"--backbone must be one of {', '.join(FAMILIES)}, got {self.backbone!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InstantFTError(message)
-        if self.detector is not None:
-            make_detector(self.detector)  # unknown name or missing package: fail now
-        parse_schedule(self.schedule, self.phase_length)
-        parse_capacity(self.cache_capacity)
-        self.finetune_config()
-
-    def finetune_config(self, round_: int = 0) -> FineTuneConfig:
-        """The fit of adaptation ``round_``: a new batch order each round, the same adapter init."""
-        return FineTuneConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            rank=self.rank,
-            seed=self.seed * 100_003 + round_,
-            init_seed=self.seed,
-            engine=self.engine,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from instantft.methods import FineTuneConfig, Method, create
+from instantft.models import arch_for, bundled_checkpoint, load_checkpoint
+from instantft.settings import Runtime
+from instantft.stream.config import StreamConfig
+from instantft.stream.retention import BoundedCache, Retention, make_retention, parse_capacity, row_bytes
+from instantft.stream.source import Stream, StreamSet, build_stream
+from instantft.stream.trigger import Trigger
 
 
 def cache_storage(method: Method) -> str | None:
@@ -174,11 +99,12 @@ def percentile(values: list[float], q: float) -> float | None:
 class StreamRun:
     """One prequential run; :meth:`run` returns the report (a JSON-able dict)."""
 
-    def __init__(self, config: StreamConfig, backbone: Any, stream: Stream) -> None:
+    def __init__(self, config: StreamConfig, backbone: Any, stream: Stream, runtime: Runtime | None = None) -> None:
         self.config = config
+        self.runtime = runtime or Runtime()
         self.backbone = backbone
         self.stream = stream
-        self.method = create(config.method, backbone, config.finetune_config())
+        self.method = self._create(config.finetune_config())
         self.capacity, self.bytes_per_sample = capacity_samples(config, self.method)
         self.retention: Retention = make_retention(
             config.retention, self.capacity, tuple(stream.images.shape[1:]), config.seed
@@ -186,21 +112,24 @@ class StreamRun:
         storage = cache_storage(self.method)
         self.cache: BoundedCache | None = None
         if storage is not None:
-            use_numba = resolve_engine(config.engine) == "numba"
+            use_numba = resolve_engine(self.runtime.engine) == "numba"
             self.cache = BoundedCache(_cache_sizes(self.method), self.capacity, storage, use_numba)  # type: ignore[arg-type]
             self.method.cache = self.cache  # type: ignore[attr-defined]
-        self.trigger = Trigger(config.adapt_every, config.detector)
+        self.trigger = Trigger(config.period, config.detector)
+
+    def _create(self, config: FineTuneConfig) -> Method:
+        return create(self.config.method, self.backbone, config, runtime=self.runtime)
 
     def warm_up(self) -> None:
         """One untimed fit on a few pool images, so compilation and first-call costs are not
         charged to the first adaptation."""
         n = max(self.config.batch_size * 2, 40)
-        warm = create(self.config.method, self.backbone, dataclasses.replace(self.config.finetune_config(), epochs=1))
+        warm = self._create(self.config.finetune_config().replace(epochs=1))
         s = self.stream
         warm.fit(StreamSet("warm-up", s.heldout_images[:n], s.heldout_labels[:n], torch.arange(n), "warm-up"))
 
     def _reset(self) -> None:
-        fresh = create(self.config.method, self.backbone, self.config.finetune_config())
+        fresh = self._create(self.config.finetune_config())
         if self.cache is not None:
             fresh.cache = self.cache  # type: ignore[attr-defined]
         self.method = fresh
@@ -387,17 +316,19 @@ def run_stream(
     on_progress: Callable[[Progress], None] | None = None,
     backbone: Any = None,
     stream: Stream | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Build the stream (unless given) and run ``config``; the Python entry point."""
+    runtime = runtime or Runtime()
     if backbone is None:
         backbone = load_stream_backbone(config.dataset, config.backbone)
     # capacity and every other input are checked before the stream is drawn
-    capacity_samples(config, create(config.method, backbone, config.finetune_config()))
+    capacity_samples(config, create(config.method, backbone, config.finetune_config(), runtime=runtime))
     if stream is None:
         stream = build_stream(
             config.dataset, config.schedule, phase_length=config.phase_length, seed=config.seed,
-            heldout=config.heldout, data_dir=config.data_dir,
+            heldout=config.heldout, data_dir=runtime.data_dir,
         )  # fmt: skip
-    run = StreamRun(config, backbone, stream)
+    run = StreamRun(config, backbone, stream, runtime)
     run.warm_up()
     return run.run(on_progress)

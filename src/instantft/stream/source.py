@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import zlib
 from dataclasses import dataclass, field
 
@@ -120,7 +121,7 @@ def build_stream(
     seed: int = 0,
     heldout: int = 500,
     pool: int | None = None,
-    data_dir: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> Stream:
     """Draw the stream: test split → ``heldout`` held-out images and a pool (the rest, or the
     first ``pool``), then ``phases`` of arrivals from the pool."""

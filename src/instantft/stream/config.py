@@ -1,0 +1,94 @@
+"""The settings of ``instantft stream`` (torch-free: the command line imports them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+from typing_extensions import Self
+
+from instantft.settings import FineTuneConfig, Settings, SettingsError
+
+STREAM_METHODS = ("none", "ft-last", "lora-all", "skip-lora", "skip2-lora", "instantft")
+
+#: epochs of one adaptation over what the memory holds (a short refit, many times over a stream)
+ADAPT_EPOCHS = 3
+#: adapt every this many samples when neither a period nor a detector is given
+ADAPT_EVERY = 200
+
+
+class StreamSettings(Settings):
+    """What a prequential run on a drifting stream does besides its fits (``adapt_every`` None with a
+    detector: adapt on its signals only)."""
+
+    dataset: Literal["rotmnist", "rotfmnist"] = "rotmnist"
+    """The stream's base images: rotmnist or rotfmnist."""
+    schedule: str = "abrupt"
+    """gradual | abrupt | recurring | corrupt, or a spec such as 'rot(0):500,(rot(90):500,shot_noise:500)*2'."""
+    method: str = "instantft"
+    """none, ft-last, lora-all, skip-lora, skip2-lora or instantft."""
+    cache_capacity: str = "1024"
+    """Bounded memory: samples (1024) or bytes (4MB, 512KiB)."""
+    retention: Literal["window", "reservoir"] = "window"
+    """What the bounded memory keeps: window (sliding) or reservoir."""
+    adapt_every: Annotated[int, Field(ge=1)] | None = None
+    """Adapt every M samples (default 200 without a detector)."""
+    detector: str | None = None
+    """adwin or page-hinkley (river): adapt on a drift signal."""
+    detect_on: Literal["error", "loss"] = "error"
+    """What the detector watches."""
+    on_shift: Literal["keep", "reset"] = "keep"
+    """Keep or reset the adapters at a detected rise of the error."""
+    arrival_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """Fixed-speed stream: one arrival every this many ms."""
+    phase_length: Annotated[int, Field(ge=1)] = 1000
+    """Samples per phase of the named schedules (L)."""
+    arrival_batch: Annotated[int, Field(ge=1)] = 10
+    """Arrivals predicted together."""
+    heldout: Annotated[int, Field(ge=1)] = 500
+    """Held-out images for the per-adaptation accuracy."""
+    window: Annotated[int, Field(ge=1)] = 200
+    """Window of the running accuracy."""
+    backbone: Literal["lenet5", "mlp", "resnet8"] = "lenet5"
+    """Bundled pre-trained backbone family: lenet5 (the paper's), mlp or resnet8."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        from instantft.stream.retention import parse_capacity
+        from instantft.stream.schedule import parse_schedule
+        from instantft.stream.trigger import make_detector
+
+        if self.method not in STREAM_METHODS:
+            raise SettingsError("method", f"{self.method!r} is unknown; valid: {', '.join(STREAM_METHODS)}")
+        if self.on_shift == "reset" and self.detector is None:
+            raise SettingsError("on_shift", "reset needs a detector")
+        if self.detector is not None:
+            make_detector(self.detector)  # unknown name or missing package: fail now
+        parse_schedule(self.schedule, self.phase_length)
+        parse_capacity(self.cache_capacity)
+        return self
+
+    @property
+    def period(self) -> int | None:
+        """Samples between scheduled adaptations (None: the detector's signals only)."""
+        return ADAPT_EVERY if self.adapt_every is None and self.detector is None else self.adapt_every
+
+
+
+class StreamConfig(StreamSettings):
+    """One stream run: the stream's settings and each adaptation's fit (whose seed also draws the stream)."""
+
+    adaptation: FineTuneConfig = FineTuneConfig(epochs=ADAPT_EPOCHS)
+    """Each adaptation's training and adapter settings."""
+
+    @property
+    def seed(self) -> int:
+        return self.adaptation.seed
+
+    @property
+    def batch_size(self) -> int:
+        return self.adaptation.batch_size
+
+    def finetune_config(self, round_: int = 0) -> FineTuneConfig:
+        """The fit of adaptation ``round_``: a new batch order each round, the same adapter init."""
+        return self.adaptation.replace(seed=self.seed * 100_003 + round_, init_seed=self.adaptation.adapter_seed)
