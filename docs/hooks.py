@@ -40,8 +40,11 @@ from instantft import cli
 def run(argv):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = cli.main(argv)
-    return code, buf.getvalue()
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:  # a parser that exits after printing its help
+            code = exc.code if isinstance(exc.code, int) else 0
+    return code or 0, buf.getvalue()
 
 code, top = run(["--help"])  # registers every subcommand, as `instantft --help` does
 names = [n for n in cli.app if not n.startswith("-") and getattr(cli.app[n], "show", True)]
@@ -56,8 +59,9 @@ def render_cli_help() -> tuple[str, dict[str, str]]:
     """(``instantft --help``, {subcommand: its --help}) in the order the app lists them."""
     env = {**os.environ, "COLUMNS": WIDTH, "NO_COLOR": "1", "TERM": "dumb", "PYTHONIOENCODING": "utf-8"}
     env.pop("FORCE_COLOR", None)
-    proc = subprocess.run([sys.executable, "-c", _RENDER], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RENDER], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"rendering the CLI help failed:\n{proc.stderr}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
