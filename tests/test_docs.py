@@ -7,8 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 README_LIMIT = 12_000  # bytes
 
 
@@ -45,3 +48,21 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("INSTANTFT_OFFLINE", "1")
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
     assert (tmp_path / "adapter.safetensors").is_file()
+
+
+def _python_blocks(path: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+
+
+def test_the_docs_home_page_shows_the_readme_example():
+    assert _python_blocks(DOCS / "index.md")[0] == _python_blocks(README)[0]
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md") if _python_blocks(p)))
+def test_docs_python_examples_run(page, tmp_path, monkeypatch):
+    """Every ```python block of a docs page runs as pasted, in an empty directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("INSTANTFT_DATA", raising=False)
+    monkeypatch.setenv("INSTANTFT_OFFLINE", "1")
+    for i, code in enumerate(_python_blocks(DOCS / page)):
+        exec(compile(code, f"{DOCS / page} (block {i + 1})", "exec"), {"__name__": "__docs__"})
