@@ -10,9 +10,9 @@ fails to render fails the build.
 ``on_page_content`` turns the Sphinx roles that some docstrings use (``:class:`~a.b.C```) into
 cross-references the API reference resolves where it can (plain code otherwise).
 
-``on_files`` adds ``results/**/*.md`` and ``*.png`` from the repository root to the site under
-``results/``, so the pages link to the committed result files and a link to a file that is not
-there fails the strict build.
+``on_files`` adds every file under ``results/`` in the repository root to the site (the Markdown
+reports as pages, the rest as they are), so the pages link to the committed result files and a
+link to a file that is not there fails the strict build.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
 def on_files(files: Files, config: Any) -> Files:
     results = ROOT / "results"
     for path in sorted(results.rglob("*")):
-        if path.suffix in (".md", ".png") and path.is_file():
+        if path.is_file():
             uri = path.relative_to(ROOT).as_posix()
             files.append(File(uri, str(ROOT), config["site_dir"], config["use_directory_urls"]))
     return files
