@@ -66,3 +66,17 @@ def test_docs_python_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.setenv("INSTANTFT_OFFLINE", "1")
     for i, code in enumerate(_python_blocks(DOCS / page)):
         exec(compile(code, f"{DOCS / page} (block {i + 1})", "exec"), {"__name__": "__docs__"})
+
+
+def test_the_cli_page_renders_the_help_of_every_registered_subcommand():
+    """docs/hooks.py asks the app for its subcommands; each one's --help must render."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    top, helps = hooks.render_cli_help()
+    assert {"finetune", "evaluate", "stream", "export"} <= set(helps)
+    for name, text in helps.items():
+        assert name in top and f"instantft {name}" in text.lower(), name
