@@ -29,7 +29,7 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- cli-help -->"
-WIDTH = "100"
+WIDTH = "80"  # what fits the Material theme's content column without scrolling
 
 # Runs in a fresh interpreter: asks the app for its subcommands, then renders each one's help
 # through instantft.cli.main, the function behind the `instantft` console script.
