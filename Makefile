@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export INSTANTFT_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test lint bench reproduce clean device device-aarch64
+.PHONY: demo test docs lint bench reproduce clean device device-aarch64
 
 $(STAMP): pyproject.toml constraints.txt setup.py $(wildcard csrc/*.c csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ demo: $(STAMP)
 	$(VENV)/bin/instantft demo
 
 test: $(STAMP)
+	@# mkdocs --quiet would also silence the warnings that --strict counts: print the log on failure only
+	@log=$$(NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site 2>&1) \
+		|| { echo "$$log"; echo "mkdocs build --strict failed"; exit 1; }
 	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest
+
+# the documentation site (MkDocs Material + mkdocstrings), built strictly into build/site
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
