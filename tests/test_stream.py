@@ -131,7 +131,7 @@ def test_evict_compacts_and_reuses_slots(storage):
 def test_bounded_cache_keeps_and_recomputes(backbone, method):
     s = build_stream(schedule="clean:80", phase_length=80, heldout=10)
     m = create(method, backbone, FineTuneConfig(epochs=1))
-    cache = BoundedCache([*m.in_sizes[1:], m.num_classes], 40, m.cache_storage)
+    cache = BoundedCache(m.backbone.cache_sizes, 40, m.cache_storage)
     m.cache = cache
 
     def window(ids):
@@ -160,7 +160,7 @@ def test_stream_run_cache_follows_retention(backbone):
 
 def test_nf4_cache_of_4096_lenet_samples_is_small(backbone):
     m = create("instantft", backbone, FineTuneConfig())
-    cache = BoundedCache([*m.in_sizes[1:], m.num_classes], 4096, "nf4")
+    cache = BoundedCache(m.backbone.cache_sizes, 4096, "nf4")
     assert cache.row_bytes * 4096 <= 4.2e6
 
 

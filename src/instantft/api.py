@@ -121,9 +121,7 @@ class FineTuner:
                 f"labels must be in 0..{classes - 1} (the model has {classes} outputs), got "
                 f"{int(images.labels.min())}..{int(images.labels.max())}"
             )
-        cache = getattr(method, "cache", None)
-        if cache is not None and cache.source is not None and cache.source != method.cache_source(images):  # type: ignore[attr-defined]
-            method.cache = None  # type: ignore[attr-defined]  # new data or a changed base: a fresh cache
+        method.drop_stale_cache(images)  # new data or a changed base: a fresh cache
         before = {k: v.detach().clone() for k, v in method.trainable().items()}
         try:
             with torch_threads(self.runtime.threads):

@@ -173,7 +173,7 @@ def finetune(
                                                           "weights_sha256")},
     }
     if run.fixed is not None:
-        record["fixed_point"] = m.report()  # type: ignore[attr-defined]
+        record["fixed_point"] = m.report()
     return RunResult(m, record)
 
 

@@ -153,7 +153,7 @@ def build_bundle(run: Run, runtime: Runtime | None = None) -> Bundle:
     prepared = prepare(run.task, run.source, config, runtime)
     task, meta = prepared.drift, prepared.meta
     method = create(method_name, prepared.backbone, config)
-    num_classes = int(method.num_classes)  # type: ignore[attr-defined]
+    num_classes = method.backbone.num_classes
     tensors, ops = chain_tensors(method.backbone)
     tensors.update({k: v.detach().numpy().astype(np.float32) for k, v in method.trainable().items()})
     tensors.update(schedule_arrays(len(task.finetune), config))
@@ -176,8 +176,8 @@ def build_bundle(run: Run, runtime: Runtime | None = None) -> Bundle:
         "block_size": str(nf4.BLOCK_SIZE),
         "adapter_record": json.dumps(record),
     }
-    sizes = [int(s) for s in method.in_sizes]  # type: ignore[attr-defined]
-    width = sum(sizes[1:]) + num_classes
+    sizes = list(method.backbone.sizes)
+    width = sum(method.backbone.cache_sizes)
     row_bytes = 4 * width if storage == "fp32" else nf4.nbytes_per_row(width)
     limit = runtime.cache_max_bytes if runtime is not None else None
     if limit is not None and row_bytes * len(task.finetune) > limit:

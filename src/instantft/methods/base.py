@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instantft.backbones import Backbone, TapSpec, as_backbone
+from instantft.cache import CacheSource, ForwardCache, Storage
 from instantft.data import ImageSet
 from instantft.engine import resolve_engine
 from instantft.errors import InstantFTError
@@ -56,6 +57,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    #: None: no Forward Cache (the base runs every step, or is trained); else the cache's storage
+    cache_storage: ClassVar[Storage | None] = None
 
     def __init__(
         self,
@@ -71,6 +74,29 @@ class Method(ABC):
         self.backbone = as_backbone(base, taps, example)
         self.base = self.backbone.model
         self.base_fingerprint = model_fingerprint(self.base)
+        #: the Forward Cache a cached method fills and trains from (kept across fits on the same data)
+        self.cache: ForwardCache | None = None
+
+    # --- the Forward Cache (cached methods) ---------------------------------------------------
+    def cache_source(self, data: ImageSet) -> CacheSource:
+        """What a cache must have been filled from: the backbone as it is now (weights, buffers
+        and tap layout, hashed afresh) and the data."""
+        return CacheSource(self.backbone.fingerprint(), data.fingerprint)
+
+    def new_cache(self, capacity: int) -> ForwardCache:
+        """An empty Forward Cache of this method's storage, rows laid out by the backbone's taps."""
+        if self.cache_storage is None:
+            raise InstantFTError(f"{self.name} keeps no Forward Cache")
+        return ForwardCache(self.backbone.cache_sizes, capacity, self.cache_storage, self.runtime.cache_max_bytes)
+
+    def drop_stale_cache(self, data: ImageSet) -> None:
+        """Forget a cache filled from other data or another state of the base."""
+        if self.cache is not None and self.cache.source is not None and self.cache.source != self.cache_source(data):
+            self.cache = None
+
+    def report(self) -> dict[str, Any]:
+        """What a run of this method reports besides the fit (the fixed-point counters, say)."""
+        return {}
 
     @abstractmethod
     def trainable(self) -> dict[str, torch.Tensor]:

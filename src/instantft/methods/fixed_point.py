@@ -131,14 +131,13 @@ class FixedPointInstantFT(Method):
         self.fixed = fixed or FixedPointConfig()
         self.counters = Counters()  # setup, cache fill and every training step
         self.eval_counters = Counters()  # every evaluation forward
-        self.in_sizes = self.lenet.layer_input_sizes()
-        self.num_classes = self.lenet.config.num_classes
         self.net = FixedLeNet(self.lenet, self.fixed, self.counters)
+        sizes, classes = self.backbone.sizes, self.backbone.num_classes
         gen = torch.Generator().manual_seed(config.adapter_seed)
-        init = SkipAdapters(self.in_sizes, self.num_classes, config, gen)
+        init = SkipAdapters(sizes, classes, config, gen)
         self.adapters = FixedSkipAdapters(init, self.fixed, config.lr, self.counters)
-        self.tables = build_tables(self.fixed, self.num_classes, self.counters)
-        self.cache_width = sum(self.in_sizes[1:]) + self.num_classes
+        self.tables = build_tables(self.fixed, classes, self.counters)
+        self.cache_width = sum(self.backbone.cache_sizes)
 
     # --- Method interface -----------------------------------------------------------------------
     def trainable(self) -> dict[str, torch.Tensor]:
@@ -170,7 +169,7 @@ class FixedPointInstantFT(Method):
         parts = [self._encode(x0[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]
         codes = torch.cat([p[0] for p in parts])
         absmax = torch.cat([p[1] for p in parts])
-        sizes = [*self.in_sizes[1:], self.num_classes]
+        sizes = self.backbone.cache_sizes
         monitor = LossMonitor()  # saturating arithmetic keeps the loss finite; the bound still applies
         for epoch, step, rows in schedule(len(data), self.config):
             cached = decode(codes[rows], absmax[rows], self.cache_width, act, rnd, self.counters)
@@ -198,7 +197,7 @@ class FixedPointInstantFT(Method):
             xs, base = self.net.trace(self.to_words(images[i : i + CHUNK], self.eval_counters), self.eval_counters)
             delta, _ = self.adapters.delta([x.flatten(1) for x in xs], self.eval_counters)
             out.append(add(base, delta, self.fixed.act, self.eval_counters, "logits"))
-        return torch.cat(out) if out else torch.zeros(0, self.num_classes, dtype=torch.int64)
+        return torch.cat(out) if out else torch.zeros(0, self.backbone.num_classes, dtype=torch.int64)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return to_float(self.logit_words(images), self.fixed.act).float()

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from instantft.adapters import SkipAdapters
 from instantft.backbones import Backbone, TapSpec
-from instantft.cache import CacheSource, ForwardCache, Storage
 from instantft.data import ImageSet
 from instantft.engine import resolve_engine
 from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, register, schedule
@@ -30,9 +29,6 @@ FILL_BATCH = 1024
 
 
 class _SkipMethod(Method):
-    #: None: run the base network every step; otherwise the Forward Cache's storage
-    cache_storage: ClassVar[Storage | None] = None
-
     def __init__(
         self,
         base: Backbone | nn.Module,
@@ -43,23 +39,11 @@ class _SkipMethod(Method):
     ) -> None:
         super().__init__(base, config, taps, example, runtime)
         self.backbone.require_taps(self.name)
-        self.in_sizes = self.backbone.sizes
-        self.num_classes = self.backbone.num_classes
         gen = torch.Generator().manual_seed(config.adapter_seed)
-        self.adapters = SkipAdapters(self.in_sizes, self.num_classes, config, gen)
-        self.cache: ForwardCache | None = None
+        self.adapters = SkipAdapters(self.backbone.sizes, self.backbone.num_classes, config, gen)
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return self.adapters.state()
-
-    def cache_source(self, data: ImageSet) -> CacheSource:
-        """What the cache must have been filled from: the backbone as it is now (weights, buffers
-        and tap layout, hashed afresh) and the data."""
-        return CacheSource(self.backbone.fingerprint(), data.fingerprint)
-
-    def new_cache(self, capacity: int) -> ForwardCache:
-        assert self.cache_storage is not None
-        return ForwardCache(self.backbone.cache_sizes, capacity, self.cache_storage, self.runtime.cache_max_bytes)
 
     def cache_rows(self, xs: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
         """The cache row [cached taps | f(x)] of traced activations."""

@@ -38,35 +38,21 @@ from instantft.stream.source import Stream, StreamSet, build_stream
 from instantft.stream.trigger import Trigger
 
 
-def cache_storage(method: Method) -> str | None:
-    return getattr(method, "cache_storage", None)
-
-
 def capacity_samples(config: StreamConfig, method: Method) -> tuple[int, int]:
     """(samples held, bytes per held sample in the bound). A byte capacity counts Forward Cache
     rows for cached methods, fp32 images for the others."""
     value, is_bytes = parse_capacity(config.cache_capacity)
-    storage = cache_storage(method)
+    storage = method.cache_storage
     if storage is not None:
-        per = row_bytes(_cache_sizes(method), storage)  # type: ignore[arg-type]
+        per = row_bytes(method.backbone.cache_sizes, storage)
     else:
-        backbone = getattr(method, "backbone", None)
-        shape = getattr(backbone, "input_shape", (1, 28, 28))
+        shape = method.backbone.input_shape
         per = 4 * int(np.prod(shape))  # an fp32 image
     n = value // per if is_bytes else value
     if n < config.batch_size:
         what = f"{value} B holds {n} samples" if is_bytes else f"{n} samples"
         raise InstantFTError(f"--cache-capacity must hold at least one batch ({config.batch_size} samples); {what}")
     return n, per
-
-
-def _cache_sizes(method: Method) -> list[int]:
-    """The Forward Cache row layout of a cached method (its backbone's cached taps + logits)."""
-    backbone = getattr(method, "backbone", None)
-    if backbone is not None and hasattr(backbone, "cache_sizes"):
-        return list(backbone.cache_sizes)
-    in_sizes: list[int] = method.in_sizes  # type: ignore[attr-defined]
-    return [*in_sizes[1:], method.num_classes]  # type: ignore[attr-defined]
 
 
 def _state(method: Method) -> dict[str, torch.Tensor]:
@@ -109,12 +95,12 @@ class StreamRun:
         self.retention: Retention = make_retention(
             config.retention, self.capacity, tuple(stream.images.shape[1:]), config.seed
         )
-        storage = cache_storage(self.method)
+        storage = self.method.cache_storage
         self.cache: BoundedCache | None = None
         if storage is not None:
             use_numba = resolve_engine(self.runtime.engine) == "numba"
-            self.cache = BoundedCache(_cache_sizes(self.method), self.capacity, storage, use_numba)  # type: ignore[arg-type]
-            self.method.cache = self.cache  # type: ignore[attr-defined]
+            self.cache = BoundedCache(self.method.backbone.cache_sizes, self.capacity, storage, use_numba)
+            self.method.cache = self.cache
         self.trigger = Trigger(config.period, config.detector)
 
     def _create(self, config: FineTuneConfig) -> Method:
@@ -131,7 +117,7 @@ class StreamRun:
     def _reset(self) -> None:
         fresh = self._create(self.config.finetune_config())
         if self.cache is not None:
-            fresh.cache = self.cache  # type: ignore[attr-defined]
+            fresh.cache = self.cache
         self.method = fresh
 
     def adapt(self, at: int, rise: bool, round_: int) -> dict[str, Any]:
@@ -263,7 +249,7 @@ class StreamRun:
             "cache_capacity_bytes": self.capacity * self.bytes_per_sample if self.cache is not None else 0,
             "retained_image_bytes": self.retention.nbytes,
             "cache": {
-                "storage": cache_storage(self.method),
+                "storage": self.method.cache_storage,
                 "computed": self.cache.computed if self.cache is not None else 0,
                 "recomputed": self.cache.recomputed if self.cache is not None else 0,
                 "evicted": self.cache.evicted if self.cache is not None else 0,
