@@ -83,7 +83,8 @@ def test_registry_covers_every_architecture():
     assert {"lenet5-mnist", "lenet5-svhn", "mlp-mnist", "resnet8-mnist"} <= set(list_backbones())
     for name in list_backbones():
         bb = create_backbone(name)
-        assert bb.num_classes == 10 and len(bb.taps) >= 3
+        classes = {"mlp-fan": 3, "mlp-fan-speed": 4}.get(name, 10)  # fan types / fan speeds
+        assert bb.num_classes == classes and len(bb.taps) >= 3
     with pytest.raises(InstantFTError, match="unknown backbone"):
         create_backbone("vgg")
 

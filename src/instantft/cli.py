@@ -93,9 +93,9 @@ def _fixed(numerics: Numerics, fixed: FixedPointConfig) -> FixedPointConfig | No
 @app.command
 def pretrain(
     *,
-    dataset: Literal["mnist", "fmnist", "svhn"],
+    dataset: Literal["mnist", "fmnist", "svhn", "fan", "fan-silentA", "fan-silentB", "fan-12cm"],
     samples: int | None = None,
-    backbone: Literal["lenet5", "mlp", "resnet8"] = "lenet5",
+    backbone: Literal["lenet5", "mlp", "resnet8"] | None = None,
     training: TrainingFlags = Training(),  # noqa: B008  (frozen: one default instance serves every call)
     out: Path | None = None,
     runtime: RuntimeFlags = Runtime(),  # noqa: B008
@@ -106,11 +106,12 @@ def pretrain(
     Parameters
     ----------
     dataset
-        Base dataset.
+        Base dataset (fan = fan-silentA: the cooling-fan spectra of one room, or fan-12cm: of one fan size).
     samples
         First N training samples (default: all).
     backbone
-        Architecture family: lenet5 (the paper's), mlp (3 layers) or resnet8 (BatchNorm, residual blocks).
+        Architecture family: lenet5 (the paper's; default), mlp (3 layers; the fan's default) or resnet8
+        (BatchNorm, residual blocks).
     out
         Checkpoint file (default BACKBONE-DATASET.safetensors).
     """
@@ -122,7 +123,8 @@ def pretrain(
     config = PretrainConfig(dataset=dataset, samples=samples, backbone=backbone, training=training)
     check_steps(training.epochs, samples or 531_131, training.batch_size)  # no --samples: SVHN extra, the largest
     _apply(runtime)
-    target = ensure_writable(out or f"{backbone}-{dataset}.safetensors", existing_files(dataset, runtime.data_dir))
+    name = f"{config.family}-{config.source}.safetensors"
+    target = ensure_writable(out or name, existing_files(dataset.split("-")[0], runtime.data_dir))
     meta = pretrain_to_file(config, target, data_dir=runtime.data_dir, show_progress=not json)
     if json:
         print_json({**meta, "out": str(target)})

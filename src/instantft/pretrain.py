@@ -14,7 +14,7 @@ from torch import nn
 
 from instantft.data import ImageSet, pretraining_set
 from instantft.errors import InstantFTError
-from instantft.models import accuracy, arch_for, build, predict, save_checkpoint
+from instantft.models import FanMLP, accuracy, arch_for, build, predict, save_checkpoint
 from instantft.progress import progress_bar
 from instantft.settings import MAX_SAMPLES, Settings, Training, training_for
 
@@ -23,27 +23,37 @@ class PretrainConfig(Settings):
     """What ``instantft pretrain`` trains: a backbone family on a base dataset, with the paper's
     schedule (:class:`~instantft.settings.Training`: SGD, 10 epochs, batch 20, lr 0.1; SVHN 0.025)."""
 
-    dataset: Literal["mnist", "fmnist", "svhn"] = "mnist"
-    """Base dataset."""
+    dataset: Literal["mnist", "fmnist", "svhn", "fan", "fan-silentA", "fan-silentB", "fan-12cm"] = "mnist"
+    """Base dataset (fan = fan-silentA: the cooling-fan spectra of one room or fan size, with backbone mlp)."""
     samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None
     """First N training samples (default: all)."""
-    backbone: Literal["lenet5", "mlp", "resnet8"] = "lenet5"
-    """Architecture family: lenet5 (the paper's), mlp (3 layers) or resnet8 (BatchNorm, residual blocks)."""
+    backbone: Literal["lenet5", "mlp", "resnet8"] | None = None
+    """Architecture family: lenet5 (the paper's; default), mlp (3 layers; the fan's default) or resnet8
+    (BatchNorm, residual blocks)."""
     training: Training = Training()
 
     @model_validator(mode="after")
     def _known(self) -> PretrainConfig:
-        arch_for(self.backbone, self.dataset)  # one line if this family has no network for the dataset
+        arch_for(self.family, self.source)  # one line if this family has no network for the dataset
         return self
 
     @property
+    def family(self) -> str:
+        return self.backbone or ("mlp" if self.dataset.startswith("fan") else "lenet5")
+
+    @property
+    def source(self) -> str:
+        return "fan-silentA" if self.dataset == "fan" else self.dataset
+
+    @property
     def arch(self) -> str:
-        return arch_for(self.backbone, self.dataset)
+        return arch_for(self.family, self.source)
 
     @property
     def schedule(self) -> Training:
         """The training settings with the dataset's own learning rate unless one was given."""
-        return training_for(self.dataset, self.training)
+        # the fan's lower learning rate is for fine-tuning; its backbone is pre-trained at the paper's 0.1
+        return training_for(None if self.dataset.startswith("fan") else self.dataset, self.training)
 
 
 def pretrain(
@@ -57,6 +67,8 @@ def pretrain(
     sched = config.schedule
     torch.manual_seed(sched.seed)
     model = build(config.arch)
+    if isinstance(model, FanMLP):  # standardised with the source's own statistics, then frozen
+        model.standardize.fit(train.images)
     model.train()  # BatchNorm learns its statistics here, and only here
     opt = torch.optim.SGD(model.parameters(), lr=sched.lr)
     gen = torch.Generator().manual_seed(sched.seed)
@@ -91,7 +103,7 @@ def pretrain(
                     )
     test_acc = accuracy(predict(model, test.images), test.labels)
     meta = {
-        "dataset": config.dataset,
+        "dataset": config.source,
         "train_split": train.name,
         "samples": len(train),
         "seed": sched.seed,

@@ -33,6 +33,11 @@ from instantft.settings import (
 
 
 def base_dataset(dataset: str) -> str:
+    """The dataset a task's backbone is pre-trained on (a fan task: its source, e.g. fan-silentA)."""
+    from instantft.data.fan import is_fan, source_of
+
+    if is_fan(dataset):
+        return source_of(dataset)
     return {"rotmnist": "mnist", "rotfmnist": "fmnist", "svhn": "svhn"}.get(dataset, dataset)
 
 
@@ -42,10 +47,11 @@ def load_backbone(
     """The checkpoint given (of ``family`` if one is named), or the one of ``family`` (lenet5 by
     default, mlp, resnet8) bundled for the drift dataset's base dataset."""
     base = base_dataset(dataset)
-    if base not in ARCH_FOR_DATASET:
-        raise InstantFTError(f"unknown dataset {dataset!r}; valid: rotmnist, rotfmnist, svhn")
-    arch = arch_for(family or "lenet5", base) if family is not None or checkpoint is None else None
-    path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(base, family or "lenet5")
+    default = "mlp" if base.startswith("fan") else "lenet5"  # the fan tasks' backbone is an MLP
+    if base not in ARCH_FOR_DATASET and default == "lenet5":
+        raise InstantFTError(f"unknown dataset {dataset!r}; valid: rotmnist, rotfmnist, svhn, fan (fan-*)")
+    arch = arch_for(family or default, base) if family is not None or checkpoint is None else None
+    path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(base, family or default)
     return load_checkpoint(path, expect_arch=arch)
 
 
@@ -266,7 +272,8 @@ def prepare(task: Task, source: Source, config: FineTuneConfig, runtime: Runtime
         if task.dataset is None:
             raise InstantFTError("give --dataset (rotmnist, rotfmnist, svhn) or --data (an image folder or .npz file)")
         model, meta = load_backbone(task.dataset, source.checkpoint, source.backbone)
-        drift = make_task(task.dataset, angle=task.angle, samples=task.finetune_samples(), seed=config.seed,
+        samples = task.samples if task.dataset.startswith("fan") else task.finetune_samples()  # fan: all of take 1
+        drift = make_task(task.dataset, angle=task.angle, samples=samples, seed=config.seed,
                           eval_samples=task.eval_samples, data_dir=data_dir)  # fmt: skip
     check_steps(config.epochs, len(drift.finetune), config.batch_size)
     from instantft.backbones import Backbone

@@ -140,7 +140,8 @@ class Task(Settings):
     """Which data: a built-in drift task or your own files, and how it is split."""
 
     dataset: str | None = None
-    """Built-in drift task: rotmnist, rotfmnist or svhn."""
+    """Built-in drift task: rotmnist, rotfmnist, svhn, or a cooling-fan task: fan (= fan-silentA-noisy),
+    fan-silentB-noisy, fan-silentA-silentB, fan-12cm-14cm, fan-12cm-8cm."""
     data: Path | None = None
     """Your own data instead: an image folder (one sub-folder per class, PNG/JPEG) or a .npz file with x and y."""
     angle: Annotated[float, Field(ge=-360, le=360, allow_inf_nan=False)] = 90.0
@@ -271,7 +272,9 @@ class FineTuneConfig(Training, Adapters):
 
 
 #: learning rates a dataset states for itself (the paper's, §5.1); every other: :attr:`Training.lr`'s default
-DATASET_LR = {"svhn": 0.025}
+#: the fan tasks (by their source): 0.03, as at 0.1 the noisy room's spectra, far outside the source's
+#: statistics, make InstantFT's first steps diverge (docs/sensors.md)
+DATASET_LR = {"svhn": 0.025, "fan-silentA": 0.03, "fan-silentB": 0.03, "fan-12cm": 0.03}
 
 
 def training_for(dataset: str | None, training: Training) -> Training:

@@ -115,13 +115,15 @@ def make_task(
     dataset: str,
     *,
     angle: float | None = None,
-    samples: int = 1024,
+    samples: int | None = 1024,
     seed: int = 0,
     eval_samples: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
 ) -> DriftTask:
     """The paper's protocol (§5.1).
 
+    ``fan``, ``fan-*``: the cooling-fan tasks of :mod:`instantft.data.fan` (``samples`` None:
+    all of the target's take 1).
     ``rotmnist``/``rotfmnist``: ``samples`` test images drawn at random (``seed``) form the
     fine-tuning set, the rest of the test split the evaluation set; both rotated by ``angle``.
     ``svhn``: fine-tune on the first ``samples`` of the train split, evaluate on the test split
@@ -130,6 +132,11 @@ def make_task(
     """
     if eval_samples is not None and eval_samples < 1:
         raise InstantFTError(f"--eval-samples must be >= 1, got {eval_samples}")
+    if dataset.startswith("fan"):  # the cooling-fan tasks: instantft.data.fan (no angle)
+        from instantft.data.fan import fan_task
+
+        return fan_task(dataset, samples=samples, seed=seed, eval_samples=eval_samples, data_dir=data_dir)
+    samples = 1024 if samples is None else samples
     if angle is not None and not math.isfinite(angle):
         raise InstantFTError(f"--angle must be a finite number of degrees, got {angle}")
     if dataset in ("rotmnist", "rotfmnist"):
@@ -169,10 +176,16 @@ def pretraining_set(
 ) -> tuple[ImageSet, ImageSet]:
     """(train, test) for pre-training: the first ``samples`` of ``split`` (SVHN default: extra,
     as in the paper) and the dataset's test split."""
-    split = split or ("extra" if dataset == "svhn" else "train")
-    train = load_split(dataset, split, data_dir)
+    if dataset.startswith("fan"):  # a cooling-fan source: its take 1 and take 2
+        from instantft.data.fan import fan_pretraining_set
+
+        train, test = fan_pretraining_set(dataset, data_dir)
+    else:
+        split = split or ("extra" if dataset == "svhn" else "train")
+        train, test = load_split(dataset, split, data_dir), load_split(dataset, "test", data_dir)
     if samples is not None:
         if not 1 <= samples <= len(train):
-            raise InstantFTError(f"--samples must be in 1..{len(train)} for {dataset} {split}, got {samples}")
+            where = split or train.name
+            raise InstantFTError(f"--samples must be in 1..{len(train)} for {dataset} {where}, got {samples}")
         train = train.subset(slice(0, samples), f"{train.name}-first{samples}")
-    return train, load_split(dataset, "test", data_dir)
+    return train, test

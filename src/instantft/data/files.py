@@ -39,6 +39,53 @@ _MNIST_MIRRORS = (
 )
 _FMNIST_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 _SVHN_MIRRORS = ("http://ufldl.stanford.edu/housenumbers/",)
+_FAN_MIRRORS = ("https://github.com/matutani/cooling-fan/raw/main/DATA/",)
+
+
+_FAN_SHA256 = {
+    "12cm_h_normal_noisy.zip": "sha256:27a7a76beb1f421fe424b37ab61fcd997e2f01af6d3599695166fd2dba937b79",
+    "12cm_h_normal_silentA.zip": "sha256:37126a469ccd94d497070dd4446a78dd031ff2337252d4281cb6ae52930b7505",
+    "12cm_h_normal_silentB.zip": "sha256:be46b1e94ad0bd325da1b1de900ed646b24f234537526edf07fc11a84f826939",
+    "12cm_hmlo_damage1_noisy_1.zip": "sha256:7795fd2741062d5c51ffb4b01927ca7ea4d5352eb6b6f1efc65c1c2f8007be0d",
+    "12cm_hmlo_damage1_noisy_2.zip": "sha256:b268d5b8cc2b742f60a01ee765267b0084d50a29ccc358adf30d379cb2acfd55",
+    "12cm_hmlo_damage1_silentA_1.zip": "sha256:eb41e3d247dccf1ba26eea1717f35ce142d0f704817eb30233bb0d58d701715d",
+    "12cm_hmlo_damage1_silentA_2.zip": "sha256:3c00a833387b05ccf2558d37fa564e747dcfa0bf0719a9ca3747e487ec2b0eb1",
+    "12cm_hmlo_damage1_silentB_1.zip": "sha256:9c6d20cb1362d176b897b4067a3914b10a364e8e0dffbbd9207384f7957cf9b9",
+    "12cm_hmlo_damage1_silentB_2.zip": "sha256:2784a5e76710e906bc74b02cf0cde28de2047ff63d93342fe61c540cc28501eb",
+    "12cm_hmlo_damage2_noisy_1.zip": "sha256:9cce3d67746930fbc31cb332ff70ced1a43f23aefbc36da924c4e12650ba4983",
+    "12cm_hmlo_damage2_noisy_2.zip": "sha256:9fee65602474a321328ba4103135bf42de47b5f14eac150a7ab4b451679d37c1",
+    "12cm_hmlo_damage2_silentA_1.zip": "sha256:84f31ef22fa241fae8cd96dcb251ac9b5be4297739288bcdf1feca1b8f8fb03d",
+    "12cm_hmlo_damage2_silentA_2.zip": "sha256:01ef93c3e1e7473b218011c2ecfd89b16908732b7dae281aa8581b76c00bff2c",
+    "12cm_hmlo_damage2_silentB_1.zip": "sha256:756bbcb86107d747ef530e4fd1cf92f084f832779e8d90d4918938180f94eece",
+    "12cm_hmlo_damage2_silentB_2.zip": "sha256:49d5b6bba0ed63c9f2bb06012ef505568db809dca47b23cffddf1661526b0a4b",
+    "12cm_hmlo_normal_noisy_1.zip": "sha256:8266c411194f6aa71b814d1c1c43c141425c0a825c7600e0e943864eaa17a285",
+    "12cm_hmlo_normal_noisy_2.zip": "sha256:3ea395d09681c054de21bd6c94161bc92be268df5e1f1630de2dce76d788b7e8",
+    "12cm_hmlo_normal_silentA_1.zip": "sha256:5a2b0281bf97e0849001c4cea456b2bb670a463ce1acacc22288d55cdf817f0f",
+    "12cm_hmlo_normal_silentA_2.zip": "sha256:c70961379f2020b76ad48d575703278f238b6f6b4a11cf6cc28f5e447fe002ad",
+    "12cm_hmlo_normal_silentB_1.zip": "sha256:a7ef8a52e9b80ff32550d5491b1594166a484fc5dfc7a614f5a757964ce62217",
+    "12cm_hmlo_normal_silentB_2.zip": "sha256:801f826ae209a15fa4a4f2bceb851455a101604c7626f4dc853e0c7717ef6fbb",
+    "12cm_l_normal_noisy.zip": "sha256:957d3186a3492244ae0856a90febcae095f534f5f1f0a42b9a7a158ee5f70c70",
+    "12cm_l_normal_silentA.zip": "sha256:c07ab515e3844e247cd966100ab5d3f62f473a5a899f6f67adc4a7ac158b23ac",
+    "12cm_l_normal_silentB.zip": "sha256:c2c9723614d1eb3359c65181530b2c6766725d4b6fdd3025cc493ca40f73a330",
+    "12cm_m_normal_noisy.zip": "sha256:4a42f093de248a8e25e3b36fb1fe042b88098bed7ec3ed0946ce644e9156854a",
+    "12cm_m_normal_silentA.zip": "sha256:f0a6ca35b2cf72c4da5b5a6e13d25e2b430554031f09427eedbd552ac7900b0f",
+    "12cm_m_normal_silentB.zip": "sha256:e2c3570975eeef8a834e3a7de02f863624007394bf5626677578f5def15519ab",
+    "12cm_o_normal_noisy.zip": "sha256:f8fcacdd99238d57224298ea009b7d3a1e6bf1aedd60779b0b34fa853df19539",
+    "12cm_o_normal_silentA.zip": "sha256:7202a8ee1c30cd791c68aec4339d9d3bd7232b6228eba87ffd24435682ea6117",
+    "12cm_o_normal_silentB.zip": "sha256:5493d2643f258002029f46819d39ef210b971704094e6865daf66ccd6f6a1870",
+    "14cm_h_normal_silentA.zip": "sha256:0faee6e21937ae70e3a98f66e6f9cb7691c890f00365fa0e6955cd63345e6bbd",
+    "14cm_hmlo_normal_silentA_1.zip": "sha256:1324e46f80444fd4b577947bbe4e45c2fa082fa869f083bd1ac0ae00a518bedb",
+    "14cm_hmlo_normal_silentA_2.zip": "sha256:e3c7194cf7bf56b5c417ae9adfe2d60f91ff6713b9faf55760c46101f2db3b04",
+    "14cm_l_normal_silentA.zip": "sha256:3e349e9f4e3aff5e7e3a405a27861ef3855cc480686441cdac7ab788d10e9b25",
+    "14cm_m_normal_silentA.zip": "sha256:3ced1ecbb7212e39e4c82dbc5360022205193ffd8871a7d6d65b0b974f01dfd3",
+    "14cm_o_normal_silentA.zip": "sha256:001741bc24aa22d2e1903549922aa3e1232fc511653f5cdb52b04b2ae892be5a",
+    "8cm_h_normal_silentA.zip": "sha256:e2839be6c97051f2a51e0c188e413ecd5a5fdadae49eeaa7059f9a3a91c3562e",
+    "8cm_hmlo_normal_silentA_1.zip": "sha256:662b9ace503fd01e2a50ba7420509aadaae568caddea9842b2d907d3bb300d9a",
+    "8cm_hmlo_normal_silentA_2.zip": "sha256:43335af03dc8386533d52ec3902344b03d4d4a8a105ac858a1a6fd4398599590",
+    "8cm_l_normal_silentA.zip": "sha256:4cb877c2dbd8068d6ed55e1f625f5a216d0f68cb3cdfbaa5116ff35279355cbc",
+    "8cm_m_normal_silentA.zip": "sha256:a4decefd8cf4cca2e902e334e48ef8dec48cf363bd3a98a290785b738f3ee6b7",
+    "8cm_o_normal_silentA.zip": "sha256:3b32200c687af27e7a1ec4a3c5d24da72ef278d7550368073ea0ae77db163b20",
+}
 
 
 def _files(folder: str, mirrors: tuple[str, ...], hashes: dict[str, str]) -> dict[str, DataFile]:
@@ -76,6 +123,9 @@ REGISTRY: dict[str, dict[str, DataFile]] = {
             "extra_32x32.mat": "md5:a93ce644f1a588dc4d68dda5feec44a7",
         },
     ),
+    # the Skip2-LoRA authors' cooling-fan vibration spectra (matutani/cooling-fan, no licence stated:
+    # fetched from GitHub, never bundled); names <size>_<speed>_<type>_<room>[_<take>].zip
+    "fan": _files("cooling-fan", _FAN_MIRRORS, _FAN_SHA256),
 }
 
 

@@ -26,6 +26,7 @@ from instantft.engine import cengine
 from instantft.engine.cengine import ChainOp
 from instantft.engine.fill import torch_rows_into
 from instantft.engine.store import FastForwardCache
+from instantft.models.fan import Standardize
 from instantft.models.lenet import LeNet5
 from instantft.models.mlp import MLP
 
@@ -109,6 +110,9 @@ def _sequential(seq: nn.Sequential, prefix: str, out: list[_Entry]) -> bool:
             op = ChainOp(cengine.OP_FLATTEN) if (m.start_dim, m.end_dim) == (1, -1) else None
         elif isinstance(m, nn.Linear):
             op = ChainOp(cengine.OP_LINEAR, m.out_features, weight=_np(m.weight), bias=_np(m.bias))
+        elif isinstance(m, Standardize):  # (x - mean) * inv_std as a diagonal linear op
+            w = torch.diag(m.inv_std)
+            op = ChainOp(cengine.OP_LINEAR, len(m.mean), weight=_np(w), bias=_np(-m.mean * m.inv_std))
         else:
             return False
         if op is None:

@@ -7,6 +7,7 @@ from instantft.models.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
+from instantft.models.fan import FanMLP, Standardize
 from instantft.models.lenet import LENET_CONFIGS, LeNet5, LeNetConfig, accuracy, pool2x2, predict
 from instantft.models.mlp import MLP, MLPConfig
 from instantft.models.resnet import ResNet8, ResNetConfig
@@ -18,11 +19,13 @@ __all__ = [
     "FAMILIES",
     "LENET_CONFIGS",
     "MLP",
+    "FanMLP",
     "LeNet5",
     "LeNetConfig",
     "MLPConfig",
     "ResNet8",
     "ResNetConfig",
+    "Standardize",
     "accuracy",
     "arch_for",
     "build",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from instantft.errors import InstantFTError
+from instantft.models.fan import FAN_HIDDEN, FanMLP
 from instantft.models.lenet import LENET_CONFIGS, LeNet5
 from instantft.models.mlp import MLP, MLPConfig
 from instantft.models.resnet import ResNet8, ResNetConfig
@@ -17,12 +18,15 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "lenet5-svhn": lambda: LeNet5(LENET_CONFIGS["lenet5-svhn"]),
     "mlp-mnist": lambda: MLP(MLPConfig("mlp-mnist", in_shape=(1, 28, 28), hidden=(128, 64))),
     "resnet8-mnist": lambda: ResNet8(ResNetConfig("resnet8-mnist", in_channels=1, widths=(8, 16, 32))),
+    "mlp-fan": lambda: FanMLP(MLPConfig("mlp-fan", in_shape=(1, 1, 512), hidden=FAN_HIDDEN, num_classes=3)),
+    "mlp-fan-speed": lambda: FanMLP(MLPConfig("mlp-fan-speed", in_shape=(1, 1, 512), hidden=FAN_HIDDEN, num_classes=4)),
 }
 
 #: the architecture a base dataset's backbone has, by family (``lenet5`` is the paper's)
 FAMILIES: dict[str, dict[str, str]] = {
     "lenet5": {"mnist": "lenet5-mnist", "fmnist": "lenet5-mnist", "svhn": "lenet5-svhn"},
-    "mlp": {"mnist": "mlp-mnist", "fmnist": "mlp-mnist"},
+    "mlp": {"mnist": "mlp-mnist", "fmnist": "mlp-mnist", "fan-silentA": "mlp-fan", "fan-silentB": "mlp-fan",
+            "fan-12cm": "mlp-fan-speed"},
     "resnet8": {"mnist": "resnet8-mnist", "fmnist": "resnet8-mnist"},
 }
 ARCH_FOR_DATASET = FAMILIES["lenet5"]
