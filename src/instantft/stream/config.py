@@ -21,10 +21,11 @@ class StreamSettings(Settings):
     """What a prequential run on a drifting stream does besides its fits (``adapt_every`` None with a
     detector: adapt on its signals only)."""
 
-    dataset: Literal["rotmnist", "rotfmnist"] = "rotmnist"
-    """The stream's base images: rotmnist or rotfmnist."""
+    dataset: Literal["rotmnist", "rotfmnist", "fan"] = "rotmnist"
+    """The stream's base images: rotmnist or rotfmnist; or fan: a 12 cm fan's spectra as it moves between rooms."""
     schedule: str = "abrupt"
-    """gradual | abrupt | recurring | corrupt, or a spec such as 'rot(0):500,(rot(90):500,shot_noise:500)*2'."""
+    """gradual | abrupt | recurring | corrupt, or a spec such as 'rot(0):500,(rot(90):500,shot_noise:500)*2';
+    fan: abrupt (silentA, noisy, silentA) | recurring | rooms, or 'silentA:300,noisy:300'."""
     method: str = "instantft"
     """none, ft-last, lora-all, skip-lora, skip2-lora or instantft."""
     cache_capacity: str = "1024"
@@ -50,7 +51,7 @@ class StreamSettings(Settings):
     window: Annotated[int, Field(ge=1)] = 200
     """Window of the running accuracy."""
     backbone: Literal["lenet5", "mlp", "resnet8"] = "lenet5"
-    """Bundled pre-trained backbone family: lenet5 (the paper's), mlp or resnet8."""
+    """Bundled pre-trained backbone family: lenet5 (the paper's), mlp or resnet8 (fan: always its mlp)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -64,7 +65,12 @@ class StreamSettings(Settings):
             raise SettingsError("on_shift", "reset needs a detector")
         if self.detector is not None:
             make_detector(self.detector)  # unknown name or missing package: fail now
-        parse_schedule(self.schedule, self.phase_length)
+        if self.dataset == "fan":
+            from instantft.stream.source import parse_fan_schedule
+
+            parse_fan_schedule(self.schedule, self.phase_length)
+        else:
+            parse_schedule(self.schedule, self.phase_length)
         parse_capacity(self.cache_capacity)
         return self
 

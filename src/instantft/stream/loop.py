@@ -293,6 +293,8 @@ def recovery(correct: np.ndarray, bounds: list[tuple[int, int]], s: Stream, cfg:
 def load_stream_backbone(dataset: str, family: str = "lenet5") -> Any:
     """The bundled backbone of ``family`` pre-trained on the stream dataset's base dataset."""
     base = dataset.removeprefix("rot")
+    if dataset == "fan":  # the fan stream's backbone: the MLP pre-trained in the quiet room silentA
+        base, family = "fan-silentA", "mlp"
     model, _ = load_checkpoint(bundled_checkpoint(base, family), expect_arch=arch_for(family, base))
     return model
 

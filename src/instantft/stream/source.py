@@ -28,7 +28,7 @@ from instantft.errors import InstantFTError
 from instantft.stream.corruptions import CORRUPTIONS
 from instantft.stream.schedule import Phase, parse_schedule
 
-STREAM_DATASETS = ("rotmnist", "rotfmnist")
+STREAM_DATASETS = ("rotmnist", "rotfmnist", "fan")
 
 
 def apply_transform(key: str, images: torch.Tensor, sources: torch.Tensor, seed: int) -> torch.Tensor:
@@ -127,6 +127,8 @@ def build_stream(
     first ``pool``), then ``phases`` of arrivals from the pool."""
     if dataset not in STREAM_DATASETS:
         raise InstantFTError(f"unknown stream dataset {dataset!r}; valid: {', '.join(STREAM_DATASETS)}")
+    if dataset == "fan":
+        return build_fan_stream(schedule, phase_length=phase_length, seed=seed, heldout=heldout, data_dir=data_dir)
     phases = parse_schedule(schedule, phase_length)
     if heldout < 1:
         raise InstantFTError(f"--heldout must be >= 1, got {heldout}")
@@ -175,4 +177,103 @@ def build_stream(
         heldout_labels=base.labels[held_rows],
         heldout_sources=held_rows,
         identity="stream-" + h.hexdigest()[:16],
+    )
+
+
+# --- the cooling-fan stream: the fan moves between rooms ------------------------------------------
+#: the fan schedules (L = the phase length): a quiet room, the noisy one, and back
+FAN_PRESETS = {
+    "abrupt": "silentA:L, noisy:L, silentA:L",
+    "recurring": "silentA:L, noisy:L, silentA:L, noisy:L, silentA:L",
+    "rooms": "silentA:L, silentB:L, noisy:L, silentA:L",
+}
+
+
+def parse_fan_schedule(spec: str, phase_length: int = 1000) -> list[Phase]:
+    """Phases of a fan stream: a preset (:data:`FAN_PRESETS`) or ``ROOM[:LENGTH]`` items, a room
+    being silentA, silentB or noisy (each phase's key is its room)."""
+    from instantft.data.fan import ROOMS
+    from instantft.stream.schedule import Atom, _length
+
+    if phase_length < 1:
+        raise InstantFTError(f"--phase-length must be >= 1, got {phase_length}")
+    text = "".join(FAN_PRESETS.get(spec.strip(), spec).split())
+    phases = []
+    for item in text.split(","):
+        room, _, length = item.partition(":")
+        if room not in ROOMS:
+            presets = ", ".join(FAN_PRESETS)
+            raise InstantFTError(f"unknown room {room!r} in the fan schedule; valid: {presets} or ROOM:LENGTH items "
+                                 f"with ROOM one of {', '.join(ROOMS)}")  # fmt: skip
+        phases.append(Phase((Atom(room),), _length(length, phase_length) if length else phase_length))
+    if sum(p.length for p in phases) > 10_000_000:
+        raise InstantFTError("schedule has more than 10,000,000 samples")
+    return phases
+
+
+@dataclass
+class FanStream(Stream):
+    """A stream whose phases are rooms: arrivals drawn from each room's take 1, the held-out
+    spectra of a room from its take 2 (``clean``: the source room, silentA)."""
+
+    rooms: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def heldout(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rooms["silentA" if key == "clean" else key]
+
+
+def build_fan_stream(
+    schedule: str = "abrupt",
+    *,
+    phase_length: int = 300,
+    seed: int = 0,
+    heldout: int = 500,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> FanStream:
+    """The fan type of a 12 cm fan as the fan moves between rooms (:func:`parse_fan_schedule`):
+    each arrival a spectrum drawn uniformly from the current room's take 1; the held-out set of
+    every room ``heldout`` spectra of its take 2 drawn with ``seed``."""
+    from instantft.data.fan import ROOMS, fan_split
+
+    phases = parse_fan_schedule(schedule, phase_length)
+    if heldout < 1:
+        raise InstantFTError(f"--heldout must be >= 1, got {heldout}")
+    takes = {room: fan_split("type", room, data_dir) for room in ROOMS}
+    rng = np.random.default_rng([seed, 7])
+    rooms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for room, (_, take2) in takes.items():
+        if heldout > len(take2):
+            raise InstantFTError(f"--heldout must be <= {len(take2)} for the fan stream, got {heldout}")
+        rows = torch.from_numpy(np.sort(rng.permutation(len(take2))[:heldout]))
+        rooms[room] = (take2.images[rows], take2.labels[rows])
+    parts, keys, phase_of = [], [], []
+    for n, phase in enumerate(phases):
+        room = phase.label
+        pool = takes[room][0]
+        rows = torch.from_numpy(rng.integers(0, len(pool), phase.length))
+        parts.append((pool.images[rows], pool.labels[rows], pool.indices[rows]))
+        keys += [room] * phase.length
+        phase_of += [n] * phase.length
+    ids = torch.cat([p[2] for p in parts])  # the global sample index: one spectrum, one id
+    h = hashlib.sha256()
+    h.update(f"fan|{schedule}|{phase_length}|{seed}|{heldout}|".encode())
+    for room in ROOMS:
+        h.update(takes[room][0].fingerprint.encode())
+    held_images, held_labels = rooms["silentA"]
+    return FanStream(
+        dataset="fan",
+        spec=schedule,
+        seed=seed,
+        phases=phases,
+        images=torch.cat([p[0] for p in parts]),
+        labels=torch.cat([p[1] for p in parts]),
+        ids=ids,
+        sources=ids.clone(),
+        phase_of=torch.tensor(phase_of),
+        keys=keys,
+        heldout_images=held_images,
+        heldout_labels=held_labels,
+        heldout_sources=torch.arange(len(held_labels)),
+        identity="stream-" + h.hexdigest()[:16],
+        rooms=rooms,
     )
