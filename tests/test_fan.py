@@ -209,3 +209,41 @@ def test_device_reaches_pythons_accuracy_on_a_fan_bundle(tmp_path: Path):
     got = load_tensors(bundle / ADAPTER_FILE)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-3 * float(want[k].abs().max()))
+
+
+# --- the stream ---------------------------------------------------------------------------------
+def test_fan_schedules_are_rooms():
+    from instantft.stream.config import StreamSettings
+    from instantft.stream.source import parse_fan_schedule
+
+    assert [(p.label, p.length) for p in parse_fan_schedule("abrupt", 300)] == [
+        ("silentA", 300), ("noisy", 300), ("silentA", 300)]  # fmt: skip
+    assert [p.length for p in parse_fan_schedule("silentB:2L, noisy:50", 10)] == [20, 50]
+    assert StreamSettings(dataset="fan", schedule="rooms").schedule == "rooms"
+    with pytest.raises(InstantFTError, match="unknown room 'rot\\(90\\)'"):
+        StreamSettings(dataset="fan", schedule="rot(90):100")
+
+
+@needs_fan
+def test_the_fan_stream_moves_between_rooms():
+    from instantft.settings import FineTuneConfig
+    from instantft.stream.config import StreamConfig
+    from instantft.stream.loop import run_stream
+
+    config = StreamConfig(dataset="fan", schedule="silentA:60,noisy:60", method="instantft", phase_length=60,
+                          cache_capacity="60", adapt_every=30, heldout=50, window=20,
+                          adaptation=FineTuneConfig(epochs=1, lr=0.03))  # fmt: skip
+    report = run_stream(config)
+    assert [p["label"] for p in report["phases"]] == ["silentA", "noisy"]
+    assert report["stream"]["samples"] == 120 and report["adaptations"] >= 3 and report["cache_bytes"] > 0
+
+
+@needs_fan
+def test_pretrain_fan_reproduces_the_bundled_backbone(tmp_path: Path):
+    from instantft.cli import main
+    from instantft.models import bundled_checkpoint, read_metadata
+
+    out = tmp_path / "b.safetensors"
+    assert main(["pretrain", "--dataset", "fan", "--out", str(out), "--json"]) == 0
+    got, bundled = read_metadata(out), read_metadata(bundled_checkpoint("fan-silentA", "mlp"))
+    assert got["architecture"] == "mlp-fan" and got["test_accuracy"] == pytest.approx(bundled["test_accuracy"])
