@@ -130,12 +130,7 @@ def finetune(
     prepared = prepared or prepare(run.task, run.source, config, runtime)
     task = prepared.drift
     check_steps(config.epochs, len(task.finetune), config.batch_size)
-    if run.fixed is None:
-        m = create(run.method, prepared.backbone, config, runtime=runtime)
-    else:
-        from instantft.methods.fixed_point import fixed_point_method
-
-        m = fixed_point_method(run.method, prepared.backbone, config, run.fixed)
+    m = create(run.method, prepared.backbone, config, runtime=runtime, fixed=run.fixed)
     ev = task.evaluate
     with torch_threads(runtime.threads):
         before = prepared.accuracy_before

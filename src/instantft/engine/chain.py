@@ -193,6 +193,17 @@ def _place_taps(entries: list[_Entry], backbone: Backbone) -> list[ChainOp] | No
     return ops
 
 
+def chain_entries(backbone: Backbone) -> list[tuple[str, ChainOp]] | None:
+    """The backbone as named ops with its taps placed, in Python alone (the C library need not be
+    built): what the C core runs, and what the fixed-point datapath emulates; None if not a chain."""
+    entries = _entries(backbone.model)
+    ops = None if entries is None else _place_taps(entries, backbone)
+    if entries is None or ops is None:
+        return None
+    names = [e.name for e in entries if e.op.kind != 0]  # _place_taps drops the folded BatchNorms
+    return list(zip(names, ops, strict=True))
+
+
 def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
     if len(shape) == 3:
         return (int(shape[0]), int(shape[1]), int(shape[2]))

@@ -17,6 +17,7 @@ from torch import nn
 from instantft.backbones import Backbone, exact_taps
 from instantft.errors import InstantFTError
 from instantft.fileio import PathLike, load_tensors, read_record, save_with_record, tensor_shapes, tensors_sha256
+from instantft.fixedpoint.formats import FixedPointConfig
 from instantft.methods.base import FineTuneConfig, Method, create
 from instantft.models import model_fingerprint
 
@@ -58,11 +59,12 @@ def read_adapter_record(path: str | os.PathLike[str]) -> dict[str, Any]:
 Base = Backbone | nn.Module
 
 
-def _rebuild(record: dict[str, Any], base: Base, config: FineTuneConfig) -> Method:
+def _rebuild(record: dict[str, Any], base: Base, config: FineTuneConfig, fixed: FixedPointConfig | None = None
+             ) -> Method:  # fmt: skip
     """The method of ``record`` on ``base`` with the recorded taps (``auto`` for old records)."""
     taps, shape = record.get("taps"), record.get("input_shape")
     spec = exact_taps(taps) if taps else "auto"  # the recorded taps exactly, whatever base's own are
-    return create(record["method"], base, config, spec, tuple(shape) if shape else None)
+    return create(record["method"], base, config, spec, tuple(shape) if shape else None, fixed=fixed)
 
 
 def check_sizes(path: PathLike, record: dict[str, Any], config: FineTuneConfig) -> None:
@@ -87,7 +89,6 @@ def check_sizes(path: PathLike, record: dict[str, Any], config: FineTuneConfig) 
 def load_adapter(path: str | os.PathLike[str], base: Base) -> tuple[Method, dict[str, Any]]:
     """Rebuild the method on ``base`` (in the numerics it was trained in) and load its tensors."""
     record = read_adapter_record(path)
-    method_name = record["method"]
     config = FineTuneConfig.load_record(record["config"], f"{path}: adapter config")
     model = base.model if isinstance(base, Backbone) else base
     if record["base_fingerprint"] != model_fingerprint(model):
@@ -98,10 +99,8 @@ def load_adapter(path: str | os.PathLike[str], base: Base) -> tuple[Method, dict
         raise InstantFTError(f"{path}: adapter tensors do not match their recorded sha256 (file corrupt)")
     if record.get("numerics", "float") == "fixed":
         from instantft.fixedpoint import FixedPointConfig
-        from instantft.methods.fixed_point import fixed_point_method
-
         fixed = FixedPointConfig.load(record.get("fixed") or {}, f"{path}: adapter fixed-point config")
-        method: Method = fixed_point_method(method_name, base, config, fixed)
+        method: Method = _rebuild(record, base, config, fixed)
     else:
         method = _rebuild(record, base, config)
     method.load_trainable({k: v.to(torch.float32) for k, v in state.items()})

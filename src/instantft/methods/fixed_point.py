@@ -3,8 +3,9 @@ built from the integer primitives of :mod:`instantft.fixedpoint`.
 
 Per mini-batch, in the core's order (all words; formats from :class:`FixedPointConfig`):
 
-1. first sight of a sample: integer base forward (:class:`FixedLeNet`), Quant -> NF4 cache row
-   [x1 | x2 | x3 | x4 | f(x)]; later: Dequant of the cached row (:mod:`.nf4_codec`);
+1. first sight of a sample: integer base forward (:class:`~instantft.fixedpoint.chain.FixedChain`),
+   Quant -> NF4 cache row [x1 | x2 | x3 | x4 | f(x)] (LeNet-5's taps); later: Dequant of the cached
+   row (:mod:`.nf4_codec`);
 2. adapter forward, the five modules side by side: h_k = A_k x_k, delta_k = B_k h_k (each rounded
    into the activation format), y = f(x) + Σ delta_k (saturating adds);
 3. CELoss: p = table softmax(y) (:mod:`.softmax`), g = (p - onehot) / batch in the gradient
@@ -28,17 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from instantft.adapters import SkipAdapters
-from instantft.backbones import Backbone
+from instantft.backbones import Backbone, TapSpec
 from instantft.data import ImageSet
 from instantft.errors import InstantFTError
+from instantft.fixedpoint.chain import FixedChain, Op
 from instantft.fixedpoint.formats import FixedPointConfig
-from instantft.fixedpoint.lenet import FixedLeNet
 from instantft.fixedpoint.memory import memory_estimate
 from instantft.fixedpoint.nf4_codec import decode, encode, entry_bits
 from instantft.fixedpoint.ops import Counters, add, divide, matmul, mul, quantize, to_float
 from instantft.fixedpoint.softmax import SoftmaxTables, build_tables, softmax
-from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, schedule
-from instantft.models import LeNet5
+from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, register_variant, schedule
+from instantft.settings import Runtime
 
 CHUNK = 256  # samples per integer forward (bounds the im2col buffer)
 
@@ -112,26 +113,28 @@ class FixedSkipAdapters:
         return loss
 
 
+@register_variant("fixed")
 class FixedPointInstantFT(Method):
-    """InstantFT with ``--numerics fixed``: the integer datapath of the FPGA core."""
+    """InstantFT with ``--numerics fixed``: the integer datapath of the FPGA core, on any backbone
+    the core's op chain expresses."""
 
     name = "instantft"
     description = "InstantFT in the FPGA core's fixed-point arithmetic (integer emulation)"
 
     def __init__(
-        self, base: Backbone | nn.Module, config: FineTuneConfig, fixed: FixedPointConfig | None = None
+        self,
+        base: Backbone | nn.Module,
+        config: FineTuneConfig,
+        taps: TapSpec = "auto",
+        example: Any = None,
+        runtime: Runtime | None = None,
+        fixed: FixedPointConfig | None = None,
     ) -> None:
-        super().__init__(base, config)
-        if not isinstance(self.base, LeNet5):
-            raise InstantFTError(
-                "--numerics fixed emulates the FPGA core's LeNet-5 datapath; "
-                f"the backbone is {type(self.base).__name__}"
-            )
-        self.lenet: LeNet5 = self.base
+        super().__init__(base, config, taps, example, runtime)
         self.fixed = fixed or FixedPointConfig()
         self.counters = Counters()  # setup, cache fill and every training step
         self.eval_counters = Counters()  # every evaluation forward
-        self.net = FixedLeNet(self.lenet, self.fixed, self.counters)
+        self.net = FixedChain(fixed_ops(self.backbone), self.fixed, self.counters)
         sizes, classes = self.backbone.sizes, self.backbone.num_classes
         gen = torch.Generator().manual_seed(config.adapter_seed)
         init = SkipAdapters(sizes, classes, config, gen)
@@ -212,19 +215,25 @@ class FixedPointInstantFT(Method):
             "saturating_tensors": self.counters.saturating(),
             "counters": self.counters.to_dict(),
             "eval_counters": self.eval_counters.to_dict(),
-            "memory": memory_estimate(self.fixed, self.lenet.config.name, self.config.rank, self.config.batch_size),
+            "memory": memory_estimate(self.fixed, self.backbone, self.config.rank, self.config.batch_size),
         }
 
 
-def fixed_point_method(
-    method: str,
-    base: Backbone | nn.Module,
-    config: FineTuneConfig,
-    fixed: FixedPointConfig | None = None,
-) -> FixedPointInstantFT:
-    """The method for ``--numerics fixed``: only InstantFT has an integer datapath."""
-    if method != "instantft":
+def fixed_ops(backbone: Backbone) -> list[Op]:
+    """The backbone as the core's op chain, for the integer datapath; one line if it is not one."""
+    from instantft.engine.cengine import TAP_NONE
+    from instantft.engine.chain import chain_entries
+
+    named = chain_entries(backbone)
+    if named is None:
         raise InstantFTError(
-            f"--numerics fixed is implemented for --method instantft only (the paper's FPGA core), not {method!r}"
+            f"--numerics fixed runs the FPGA core's datapath, a chain of conv, ReLU, max-pool, flatten and linear "
+            f"layers (BatchNorm folded) with every tap on a layer's input; {type(backbone.model).__name__} with "
+            f"taps {', '.join(t.label for t in backbone.taps)} is not one"
         )
-    return FixedPointInstantFT(base, config, fixed)
+
+    def tensor(a: Any) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(a)
+
+    return [Op(name, op.kind, op.kernel, op.stride, op.padding, op.tap != TAP_NONE, tensor(op.weight), tensor(op.bias))
+            for name, op in named]  # fmt: skip
