@@ -24,6 +24,7 @@ from instantft.fixedpoint.memory import memory_estimate, memory_markdown
 from instantft.fixedpoint.nf4_codec import LEVEL_FORMAT, LEVELS, decode, encode, entry_bits
 from instantft.fixedpoint.ops import (
     Counters,
+    Into,
     add,
     divide,
     matmul,
@@ -156,7 +157,7 @@ def test_matmul_matches_apytypes(data, rounding: str, with_bias: bool):
     if with_bias:
         bias = data.draw(word_arrays(fb, (n,)))
         ref = ref + apy(bias.reshape(1, n).expand(m, n).contiguous(), fb)
-    got = matmul(a, fa, b, fb, fo, rounding, bias=bias, fbias=fb)
+    got = matmul(a, fa, b, fb, Into(fo, rounding), bias=bias)
     assert torch.equal(got, cast(ref, fo, rounding))
 
 

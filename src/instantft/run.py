@@ -18,7 +18,6 @@ from instantft.methods import DivergedError, FitResult, Method, create
 from instantft.models import ARCH_FOR_DATASET, accuracy, arch_for, bundled_checkpoint, load_checkpoint
 from instantft.settings import (
     DATASET_LR,
-    Adapters,
     FineTuneConfig,
     Runtime,
     Settings,
@@ -78,14 +77,8 @@ class Run(Settings):
         return self.config if self.config is not None else config_for(self.task.dataset)
 
 
-def run_for(
-    method: str,
-    task: Task,
-    source: Source,
-    training: Training,
-    adapters: Adapters,
-    fixed: FixedPointConfig | None = None,
-) -> Run:
+def run_for(method: str, task: Task, source: Source, config: FineTuneConfig, fixed: FixedPointConfig | None = None
+            ) -> Run:  # fmt: skip
     """The run the command line's settings name, checked before any data is read; the task's own
     learning rate applies unless one was given."""
     from instantft.methods import method_names
@@ -96,7 +89,7 @@ def run_for(
         raise SettingsError("dataset", "or --data is needed: a built-in task (rotmnist, rotfmnist, svhn) or your files")
     if source.model is not None and task.data is None:
         raise SettingsError("model", "needs --data: the built-in tasks run on the bundled backbones (--backbone)")
-    config = FineTuneConfig.of(training_for(base_dataset(task.dataset or ""), training), adapters)
+    config = training_for(base_dataset(task.dataset or ""), config)
     check_steps(config.epochs, task.finetune_samples(), config.batch_size)
     return Run(method=method, task=task, source=source, config=config, fixed=fixed)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from instantft.errors import InstantFTError
 from instantft.fixedpoint.formats import FixedPointConfig
-from instantft.fixedpoint.ops import Counters, matmul, quantize, relu
+from instantft.fixedpoint.ops import Counters, Into, matmul, quantize, relu
 
 #: op kinds, as the C core numbers them (csrc/instantft.h)
 CONV2D, RELU, MAXPOOL, FLATTEN, LINEAR = 1, 2, 3, 4, 5
@@ -61,8 +61,8 @@ class FixedChain:
 
     def _mac(self, x: torch.Tensor, i: int, counters: Counters | None) -> torch.Tensor:
         c = self.config
-        return matmul(x, c.act, self.weights[i].t(), c.param, c.act, c.rounding, counters, f"{self._label(i)}.out",
-                      self.biases[i], c.param)  # fmt: skip
+        into = Into(c.act, c.rounding, counters, f"{self._label(i)}.out")
+        return matmul(x, c.act, self.weights[i].t(), c.param, into, self.biases[i])
 
     def _conv(self, x: torch.Tensor, i: int, counters: Counters | None) -> torch.Tensor:
         """2-D convolution as im2col + MAC, output words (N, C_out, H', W')."""

@@ -36,7 +36,7 @@ from instantft.fixedpoint.chain import FixedChain, Op
 from instantft.fixedpoint.formats import FixedPointConfig
 from instantft.fixedpoint.memory import memory_estimate
 from instantft.fixedpoint.nf4_codec import decode, encode, entry_bits
-from instantft.fixedpoint.ops import Counters, add, divide, matmul, mul, quantize, to_float
+from instantft.fixedpoint.ops import Counters, Into, add, divide, matmul, mul, quantize, to_float
 from instantft.fixedpoint.softmax import SoftmaxTables, build_tables, softmax
 from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, register_variant, schedule
 from instantft.settings import Runtime
@@ -62,8 +62,8 @@ class FixedSkipAdapters:
         c = self.config
         hs, total = [], None
         for k, (x, a, b) in enumerate(zip(xs, self.A, self.B, strict=True), 1):
-            h = matmul(x, c.act, a.t(), c.param, c.act, c.rounding, counters, f"skip{k}.h")
-            d = matmul(h, c.act, b.t(), c.param, c.act, c.rounding, counters, f"skip{k}.delta")
+            h = matmul(x, c.act, a.t(), c.param, Into(c.act, c.rounding, counters, f"skip{k}.h"))
+            d = matmul(h, c.act, b.t(), c.param, Into(c.act, c.rounding, counters, f"skip{k}.delta"))
             total = d if total is None else add(total, d, c.act, counters, "delta.sum")
             hs.append(h)
         assert total is not None
@@ -99,10 +99,10 @@ class FixedSkipAdapters:
         loss = float(F.cross_entropy(to_float(y, act), labels))
         g = self.output_grad(y, labels, tables, counters)
         gt = g.t().contiguous()
-        dB = [matmul(gt, par, h, act, par, rnd, counters, f"skip{k}.dB") for k, h in enumerate(hs, 1)]
-        gB = [matmul(g, par, b, par, par, rnd, counters, f"skip{k}.gB") for k, b in enumerate(self.B, 1)]
+        dB = [matmul(gt, par, h, act, Into(par, rnd, counters, f"skip{k}.dB")) for k, h in enumerate(hs, 1)]
+        gB = [matmul(g, par, b, par, Into(par, rnd, counters, f"skip{k}.gB")) for k, b in enumerate(self.B, 1)]
         dA = [
-            matmul(v.t().contiguous(), par, x, act, par, rnd, counters, f"skip{k}.dA")
+            matmul(v.t().contiguous(), par, x, act, Into(par, rnd, counters, f"skip{k}.dA"))
             for k, (v, x) in enumerate(zip(gB, xs, strict=True), 1)
         ]
         for k in range(len(self.A)):
