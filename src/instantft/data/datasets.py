@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from instantft.data import files
 from instantft.data.readers import read_idx_pair, read_svhn_mat
 from instantft.errors import InstantFTError
+from instantft.settings import TASK_SAMPLES
 
 BASE_DATASETS = ("mnist", "fmnist", "svhn")
 DRIFT_DATASETS = ("rotmnist", "rotfmnist", "svhn")
@@ -115,7 +116,7 @@ def make_task(
     dataset: str,
     *,
     angle: float | None = None,
-    samples: int = 1024,
+    samples: int = TASK_SAMPLES,
     seed: int = 0,
     eval_samples: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
