@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from instantft.data import files
 from instantft.data.readers import read_idx_pair, read_svhn_mat
+from instantft.digest import cached_digest
 from instantft.errors import InstantFTError
 from instantft.settings import TASK_SAMPLES
 
@@ -46,13 +47,18 @@ class ImageSet:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the content: what the Forward Cache checks its entries against.
-        Recomputed on every access (a few ms for a fine-tuning set), so images or labels changed
+        """A short hash of the content: what the Forward Cache checks its entries against. Hashed
+        once while the tensors are unchanged (:mod:`instantft.digest`), so images or labels changed
         in place are seen and never served stale activations."""
-        h = hashlib.sha256()
-        for t in (self.images, self.labels, self.indices):
-            h.update(t.contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        tensors = (self.images, self.labels, self.indices)
+
+        def compute() -> str:
+            h = hashlib.sha256()
+            for t in tensors:
+                h.update(t.contiguous().numpy().tobytes())
+            return h.hexdigest()[:16]
+
+        return cached_digest("imageset", tensors, compute)
 
     def subset(self, rows: torch.Tensor | slice, name: str | None = None) -> ImageSet:
         return ImageSet(name or self.name, self.images[rows], self.labels[rows], self.indices[rows])
