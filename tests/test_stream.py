@@ -260,7 +260,7 @@ def test_bad_inputs_fail_before_anything_runs(args, message, capsys, monkeypatch
 def test_missing_detector_package(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "river", None)  # import river -> ImportError
     assert stream_main(["--detector", "adwin"]) == 2
-    assert "needs the 'river' package" in capsys.readouterr().err
+    assert "needs the 'stream' extra: pip install 'instantft[stream]'" in capsys.readouterr().err
 
 
 def test_capacity_units():

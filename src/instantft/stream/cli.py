@@ -73,6 +73,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         plot = ensure_writable(args.plot)
         if plot.suffix.lower() not in (".png", ".pdf", ".svg"):
             raise InstantFTError(f"--plot must end in .png, .pdf or .svg, got {args.plot!r}")
+        from instantft.extras import require
+
+        require("plot", "matplotlib", "instantft stream --plot")  # before the stream, not after it
     if args.threads is not None:
         if args.threads < 1:
             raise InstantFTError(f"--threads must be >= 1, got {args.threads}")
