@@ -23,6 +23,8 @@ from instantft.stream.retention import BoundedCache, Reservoir, SlidingWindow, p
 from instantft.stream.schedule import parse_schedule
 from instantft.stream.source import StreamSet, apply_transform, build_stream
 
+from . import studies_path  # noqa: F401  (the stream study lives in studies/)
+
 
 @pytest.fixture(scope="module")
 def backbone():
@@ -272,7 +274,7 @@ def test_capacity_units():
 
 
 def test_study_summary_from_runs(backbone, tmp_path):
-    from instantft.experiments import stream_study as study
+    import stream as study  # studies/stream.py (on sys.path through tests/studies_path.py)
 
     runs = []
     for method in ("instantft", "lora-all"):

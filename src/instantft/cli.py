@@ -311,7 +311,7 @@ def demo(*, angle: float = 75.0, seed: int = 0, runtime: Runtime = NO_RUNTIME) -
 
 # --- subcommands registered from other modules (argparse) ---------------------------------------
 def add_reproduce(sub: Sub) -> None:
-    from instantft.experiments.reproduce import add_reproduce as add
+    from instantft.reproduce import add_reproduce as add
 
     add(sub)
 
@@ -323,7 +323,7 @@ def add_table1(sub: Sub) -> None:
 
 
 def add_bench(sub: Sub) -> None:
-    from instantft.experiments.bench import add_bench as add
+    from instantft.bench import add_bench as add
 
     add(sub)
 
