@@ -7,6 +7,7 @@ Not a study (its name starts with ``_``): the scripts beside it import it as ``_
 
 from __future__ import annotations
 
+import argparse
 import csv
 import functools
 import io
@@ -15,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from instantft.analysis.paper import PAPER_NAMES
 from instantft.extras import require
@@ -28,6 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("none", "ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora", "instantft")
 #: display names: the paper's, with the talk's name for InstantFT's method
 LABELS = {"none": "No fine-tuning", **PAPER_NAMES, "instantft": "InstantFT (Quant Skip2-LoRA)"}
+
+
+
+class StudyParser(argparse.ArgumentParser):
+    """A study's command line: a usage error is one line, as the library's commands' are."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
 
 G = TypeVar("G")
 Records = list[dict[str, Any]]

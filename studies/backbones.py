@@ -10,7 +10,6 @@ fig7.py runs it too (``--only backbones`` there adds it to a finished Fig. 7 run
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import statistics
@@ -19,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import METHODS, ROOT, Group, pyplot, run_groups, save_png
+from _common import METHODS, ROOT, Group, StudyParser, pyplot, run_groups, save_png
 from instantft.errors import InstantFTError
 from instantft.fileio import atomic_write_text
 
@@ -190,7 +189,7 @@ def write_backbones_report(out: Path, results: Sequence[dict[str, Any]], familie
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python studies/backbones.py", description=__doc__.split("\n\n")[0])
+    p = StudyParser(prog="python studies/backbones.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
     p.add_argument("--out", default=str(ROOT / "results" / "reproduce"), help="the folder of results.json")

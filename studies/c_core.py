@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import ROOT
+from _common import ROOT, StudyParser
 from instantft import bench
 from instantft.backbones import Backbone
 from instantft.data import ImageSet
@@ -227,7 +227,7 @@ def program_markdown(core: dict[str, Any], threads: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python studies/c_core.py", description=__doc__.split("\n\n")[0])
+    p = StudyParser(prog="python studies/c_core.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--samples", type=int, default=1024)

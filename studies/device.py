@@ -14,7 +14,6 @@ loop on the bundle's own images).
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shutil
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import ROOT
+from _common import ROOT, StudyParser
 from instantft.fileio import atomic_write_json, atomic_write_text
 from instantft.progress import progress_bar
 
@@ -151,7 +150,7 @@ def markdown(fig: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python studies/device.py", description=__doc__.split("\n\n")[0])
+    p = StudyParser(prog="python studies/device.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(ROOT / "results" / "device"))
     p.add_argument("--no-qemu", action="store_true", help="skip the aarch64 runs")
     p.add_argument("--note", default="", help="a sentence on the machine, quoted beside the figures")

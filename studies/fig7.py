@@ -15,7 +15,6 @@ in parallel processes (one torch thread each).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,7 +27,7 @@ from typing import Any
 
 import torch
 
-from _common import METHODS, ROOT, Group, run_groups
+from _common import METHODS, ROOT, Group, StudyParser, run_groups
 from instantft.errors import InstantFTError
 from instantft.fileio import atomic_write_json
 
@@ -286,7 +285,7 @@ def _fixedpoint(out: Path, cfg: ReproduceConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python studies/fig7.py", description=__doc__.split("\n\n")[0])
+    p = StudyParser(prog="python studies/fig7.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 seeds, 45° and 90° (a few minutes)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))

@@ -17,7 +17,6 @@ fig7.py runs it into ``results/reproduce/fixedpoint`` and puts its tables in ``r
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import statistics
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, pyplot, run_pending, save_png
+from _common import ROOT, StudyParser, pyplot, run_pending, save_png
 from instantft.errors import InstantFTError
 from instantft.fileio import atomic_write_json, atomic_write_text
 from instantft.fixedpoint.formats import ACT_FORMAT, PARAM_FORMAT, FixedPointConfig, QFormat, Rounding
@@ -456,7 +455,7 @@ def run_study(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python studies/fixedpoint.py", description=__doc__.split("\n\n")[0])
+    p = StudyParser(prog="python studies/fixedpoint.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="at most 2 seeds, one sweep seed, three points per axis")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))

@@ -8,7 +8,6 @@ seconds of interleaved rounds after a warm-up, and accuracy on the held-out imag
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import statistics
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from _common import ROOT, md_table
+from _common import ROOT, StudyParser, md_table
 from instantft import bench
 from instantft.data import ImageSet, make_task
 from instantft.errors import InstantFTError
@@ -125,7 +124,7 @@ def markdown(out: dict[str, Any], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python studies/peft_lora.py", description=__doc__.split("\n\n")[0])
+    p = StudyParser(prog="python studies/peft_lora.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--samples", type=int, default=1024)

@@ -13,7 +13,6 @@ Needs the 'studies' extra (river's detectors, matplotlib).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import platform
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import ROOT, pyplot
+from _common import ROOT, StudyParser, pyplot
 from instantft.errors import InstantFTError
 from instantft.fileio import atomic_write, atomic_write_json, atomic_write_text
 from instantft.progress import progress_bar
@@ -560,7 +559,7 @@ def report(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python studies/stream.py", description=__doc__.split("\n\n")[0])
+    p = StudyParser(prog="python studies/stream.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "results" / "stream"))
     p.add_argument("--phase-length", type=int, default=1000, help="samples per phase (smaller: a quick check)")

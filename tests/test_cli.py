@@ -126,8 +126,6 @@ def test_svhn_rejects_an_angle(svhn_dir: Path, capsys: pytest.CaptureFixture[str
         (["finetune", "--dataset", "rotmnist", "--method", "none", "--rank", "x"], "Invalid value for --rank"),
         (["finetune", "--dataset", "rotmnist", "--method", "none", "--init", "he"], 'Invalid value "he" for --init'),
         (["frobnicate"], 'Unknown command "frobnicate"'),
-        (["reproduce", "--seeds", "x"], "instantft reproduce: argument --seeds: invalid int value: 'x'"),
-        (["reproduce", "--frob"], "instantft reproduce: unrecognized arguments: --frob"),
         (["table1", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
         (["table1", "--rank", str(2**64)], "argument --rank: 18446744073709551616 does not fit in 64 bits"),
         (["bench", "--angle", "inf"], "argument --angle: must be a finite number, got inf"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from . import studies_path  # the studies are imported in the tests, after it
 
 
@@ -57,8 +59,6 @@ def test_fixed_point_study_tiny_and_resumable(tmp_path: Path):
 def test_data_dir_reaches_the_fixed_point_study(tmp_path):
     """``reproduce --data-dir`` used to stop short of the fixed-point study: a corrupt file in the
     directory given must now be what the study trips over."""
-    import pytest
-
     from fixedpoint import run_study
     from instantft.errors import InstantFTError
 
@@ -83,6 +83,20 @@ def test_instantft_reproduce_runs_a_study_of_the_checkout(capfd):
     assert main(["reproduce", "_common"]) == 2
     err = capfd.readouterr().err
     assert err.startswith("error: no study '_common' in ") and "fig7" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seeds", "x"], "error: python studies/fig7.py: argument --seeds: invalid int value: 'x'\n"),
+        (["fixedpoint", "--frob"], "error: python studies/fixedpoint.py: unrecognized arguments: --frob\n"),
+    ],
+)
+def test_a_study_usage_error_is_one_line(argv: list[str], message: str, capfd):
+    from instantft.cli import main
+
+    assert main(["reproduce", *argv]) == 2
+    assert capfd.readouterr().err == message
 
 
 def test_instantft_reproduce_outside_a_checkout_is_one_line(tmp_path: Path, monkeypatch, capsys):
