@@ -305,10 +305,11 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "cold_start_seconds": cold["skip2-lora"]["first"] if cold else None,
         "machine": {**bench.machine(args.threads), "load_average_before": load_before,
                     "load_average_after": bench.load_average()},
-        "command": "python studies/c_core.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python studies/c_core.py", *(argv if argv is not None else sys.argv[1:])]),
     }  # fmt: skip
     out["targets_c_core"] = bench.targets_c_core(out)
-    text = "\n".join(["# instantft C core beside ONNX Runtime and torch", "", *bench.core_markdown(out),
+    title = "# instantft C core beside " + ("ONNX Runtime and torch" if args.onnxruntime else "torch")
+    text = "\n".join([title, "", *bench.core_markdown(out),
                       *program_markdown(core, args.threads), "", f"Reproduce: `{out['command']}`", ""])  # fmt: skip
     if args.out:
         d = Path(args.out)

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     dirty = subprocess.run(["git", "status", "--porcelain", "--", *watched], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()  # fmt: skip
     fig = {
-        "command": "python studies/device.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python studies/device.py", *(argv if argv is not None else sys.argv[1:])]),
         "commit": commit.stdout.strip() + ("-dirty" if dirty else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_name(),

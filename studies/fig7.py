@@ -27,6 +27,9 @@ from typing import Any
 
 import torch
 
+import _fig7_report as report
+import backbones as backbones_study
+import fixedpoint as fixedpoint_study
 from _common import METHODS, ROOT, Group, StudyParser, run_groups
 from instantft.errors import InstantFTError
 from instantft.fileio import atomic_write_json
@@ -150,7 +153,7 @@ class ReproduceConfig:
     svhn_ns: tuple[int, ...] = SVHN_NS
     svhn_samples: int = 73257
     #: the any-backbone study: every method on these bundled families beside LeNet-5 (90°)
-    backbones: tuple[str, ...] = ("mlp", "resnet8")
+    backbones: tuple[str, ...] = backbones_study.FAMILIES
     #: run only these studies (default: all); "backbones" alone adds that study to a finished run
     only: tuple[str, ...] = ()
 
@@ -171,7 +174,6 @@ class ReproduceConfig:
 
 def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     """Run everything, write results.json, tables, plots and report.md into ``cfg.out``."""
-    import _fig7_report as report
     import backbones as backbones_study
     from instantft.analysis.table1 import table1_markdown
 
@@ -277,9 +279,7 @@ def svhn_groups(cfg: ReproduceConfig, out: Path) -> list[Group] | str:
 
 
 def _fixedpoint(out: Path, cfg: ReproduceConfig) -> dict[str, Any]:
-    from fixedpoint import run_study
-
-    return run_study(out, seeds=cfg.seeds, quick=cfg.quick, jobs=cfg.jobs, data_dir=cfg.data_dir)
+    return fixedpoint_study.run_study(out, seeds=cfg.seeds, quick=cfg.quick, jobs=cfg.jobs, data_dir=cfg.data_dir)
 
 
 

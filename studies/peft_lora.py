@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "results" / "peft"), help="writes DIR/peft.json and DIR/peft.md")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
-    command = "python studies/peft_lora.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python studies/peft_lora.py", *(argv if argv is not None else sys.argv[1:])])
     try:
         out = measure(args.threads, args.repeats, args.samples, args.angle, args.data_dir)
     except InstantFTError as exc:
