@@ -103,8 +103,7 @@ def markdown(summary: dict[str, Any], methods: Sequence[str]) -> str:
                  f"Accuracy on the {any_cell['eval_samples']:,} held-out images in %, mean ± std over seeds; "
                  "s: median fine-tune seconds; params: trained values; cache: Forward Cache bytes for the "
                  f"{any_cell['samples']:,} fine-tuning samples. Times are only comparable within a column: the "
-                 "columns were measured in different runs (see the commits below), on machines as busy as they "
-                 "were then.")  # fmt: skip
+                 "columns were measured in different runs (see the commits below).")  # fmt: skip
     for dataset in ("rotmnist", "rotfmnist"):
         present = [f for f in families if dataset in summary[f]]
         if not present:
