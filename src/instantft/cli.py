@@ -323,6 +323,13 @@ def export(
     return 0
 
 
+# commands whose module is imported only when they run
+app.command("instantft.reproduce:reproduce", name="reproduce", help_flags=[],
+            help="Run a study of the source checkout: studies/STUDY.py [ARGS] (default fig7, the paper's figures).")
+app.command("instantft.bench:bench", name="bench",
+            help="Time the engines' fine-tunes against LoRA-All and the frozen forward, with CPU and wall time.")
+
+
 def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in " ".join(text.split()))
 
