@@ -407,24 +407,23 @@ int main(int argc, char **argv) {
     if (rank < 1 || rank > 4096) die("%s: adapter rank %lld out of range", bpath, (long long)rank);
     int64_t R = (rank + 3) / 4 * 4;
     float *A = calloc((size_t)(R * D), sizeof *A), *B = calloc((size_t)(C * K * R), sizeof *B);
-    if (!A || !B) die("out of memory for the adapters");
+    float **a_k = calloc((size_t)K, sizeof *a_k), **b_k = calloc((size_t)K, sizeof *b_k);
+    if (!A || !B || !a_k || !b_k) die("out of memory for the adapters");
     for (int64_t k = 0; k < K; k++) {
-        int64_t col = m.seg[4 * k + 2], d = m.tap_sizes[k];
+        int64_t d = m.tap_sizes[k];
         snprintf(name, sizeof name, "skip%lld.A", (long long)(k + 1));
-        float *a = load(&st, need(&st, name, ST_F32, 2, (int64_t[]){rank, d}));
-        check_finite(a, (size_t)(rank * d), name);
-        for (int64_t r = 0; r < rank; r++) memcpy(A + r * D + col, a + r * d, (size_t)d * sizeof *a);
-        free(a);
+        a_k[k] = load(&st, need(&st, name, ST_F32, 2, (int64_t[]){rank, d}));
+        check_finite(a_k[k], (size_t)(rank * d), name);
         snprintf(name, sizeof name, "skip%lld.B", (long long)(k + 1));
-        float *b = load(&st, need(&st, name, ST_F32, 2, (int64_t[]){C, rank}));
-        check_finite(b, (size_t)(C * rank), name);
-        for (int64_t c = 0; c < C; c++) memcpy(B + (c * K + k) * R, b + c * rank, (size_t)rank * sizeof *b);
-        free(b);
+        b_k[k] = load(&st, need(&st, name, ST_F32, 2, (int64_t[]){C, rank}));
+        check_finite(b_k[k], (size_t)(C * rank), name);
     }
     snprintf(name, sizeof name, "skip%lld.A", (long long)(K + 1));
     if (st_find(&st, name)) die("%s: %s, but the chain has %lld taps", bpath, name, (long long)K);
     ift_adapters ad = {K, R, C, D, m.seg, A, B, chain->logit_offset, (float)scale};
     if (ift_adapters_check(&ad, chain->in_size, chain->row_width) != IFT_OK) die("%s: adapters do not fit the chain", bpath);
+    if (ift_adapters_pack(&ad, rank, (const float *const *)a_k, (const float *const *)b_k) != IFT_OK)
+        die("%s: cannot pack the adapters", bpath);
 
     /* data */
     const st_tensor *fti = need(&st, "finetune.images", ST_U8, 4, (int64_t[]){-1, chain->in_c, chain->in_h, chain->in_w});
@@ -494,8 +493,8 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < N; i++) slot_of[i] = ift_cache_slot(&cache, i);
     double *losses = xmalloc((size_t)S * sizeof *losses);
     int status = IFT_OK;
-    int64_t done = ift_train(&ad, &cache, images, chain->in_size, slot_of, labels, order, offsets, 0, S, (float)lr,
-                             losses, threads, &status);
+    ift_train_args train = {&cache, images, chain->in_size, slot_of, labels, order, offsets, S, losses, (float)lr, threads};
+    int64_t done = ift_train(&ad, &train, 0, S, &status);
     double seconds = now() - t0;
     if (status == IFT_ELOSS && done > 0) {
         int64_t s = done - 1, first = s;
@@ -515,18 +514,14 @@ int main(int argc, char **argv) {
 
     /* the trained adapters, unpacked to the Python names and shapes */
     st_out_tensor *out = xmalloc((size_t)(2 * K) * sizeof *out);
-    float **bufs = xmalloc((size_t)(2 * K) * sizeof *bufs);
     char (*names)[32] = xmalloc((size_t)(2 * K) * sizeof *names);
+    if (ift_adapters_unpack(&ad, rank, a_k, b_k) != IFT_OK) die("cannot unpack the trained adapters");
     for (int64_t k = 0; k < K; k++) {
-        int64_t col = m.seg[4 * k + 2], d = m.tap_sizes[k];
-        float *a = xmalloc((size_t)(rank * d) * sizeof *a), *b = xmalloc((size_t)(C * rank) * sizeof *b);
-        for (int64_t r = 0; r < rank; r++) memcpy(a + r * d, A + r * D + col, (size_t)d * sizeof *a);
-        for (int64_t c = 0; c < C; c++) memcpy(b + c * rank, B + (c * K + k) * R, (size_t)rank * sizeof *b);
+        int64_t d = m.tap_sizes[k];
         snprintf(names[2 * k], sizeof names[0], "skip%lld.A", (long long)(k + 1));
         snprintf(names[2 * k + 1], sizeof names[0], "skip%lld.B", (long long)(k + 1));
-        bufs[2 * k] = a, bufs[2 * k + 1] = b;
-        out[2 * k] = (st_out_tensor){names[2 * k], ST_F32, 2, {(uint64_t)rank, (uint64_t)d}, a};
-        out[2 * k + 1] = (st_out_tensor){names[2 * k + 1], ST_F32, 2, {(uint64_t)C, (uint64_t)rank}, b};
+        out[2 * k] = (st_out_tensor){names[2 * k], ST_F32, 2, {(uint64_t)rank, (uint64_t)d}, a_k[k]};
+        out[2 * k + 1] = (st_out_tensor){names[2 * k + 1], ST_F32, 2, {(uint64_t)C, (uint64_t)rank}, b_k[k]};
     }
     char hex[65], err[ST_ERR_LEN];
     tensors_sha256(out, (int)(2 * K), hex);
@@ -555,8 +550,8 @@ int main(int argc, char **argv) {
     print_json_string(apath);
     printf("}\n");
 
-    for (int64_t i = 0; i < 2 * K; i++) free(bufs[i]);
-    free(bufs), free(out), free(names), free(losses), free(keys), free(slot_of), free(images), free(labels);
+    for (int64_t k = 0; k < K; k++) free(a_k[k]), free(b_k[k]);
+    free(a_k), free(b_k), free(out), free(names), free(losses), free(keys), free(slot_of), free(images), free(labels);
     free(eval_labels), free(offsets), free(order), free(ep32), free(A), free(B), free(bpath), free(apath);
     for (int i = 0; i < MAX_OPS; i++) free(m.weights[i]), free(m.biases[i]);
     st_close(&st);

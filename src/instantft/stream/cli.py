@@ -154,7 +154,7 @@ def add_stream(sub: Sub) -> None:
     p.add_argument("--arrival-batch", type=int, default=10, help="arrivals predicted together")
     p.add_argument("--heldout", type=int, default=500, help="held-out images for the per-adaptation accuracy")
     p.add_argument("--window", type=int, default=200, help="window of the running accuracy")
-    p.add_argument("--engine", default="auto", help="skip methods' training loop: auto, numba, torch, reference")
+    p.add_argument("--engine", default="auto", help="skip methods' training loop: auto, c, reference")
     p.add_argument("--backbone", default="lenet5", help="bundled pre-trained backbone family: lenet5 (paper), mlp")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--json", action="store_true", help="print one JSON object, no live display")

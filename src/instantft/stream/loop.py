@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from instantft.engine import resolve_engine
 from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, Method, create, method_names
 from instantft.models import FAMILIES, arch_for, bundled_checkpoint, load_checkpoint
@@ -63,7 +62,7 @@ class StreamConfig:
     arrival_batch: int = 10
     heldout: int = 500
     window: int = 200
-    engine: Literal["auto", "numba", "torch", "reference"] = "auto"
+    engine: Literal["auto", "c", "reference"] = "auto"
     backbone: str = "lenet5"  # family of the bundled pre-trained backbone (lenet5, mlp, ...)
     data_dir: str | None = None
 
@@ -186,8 +185,7 @@ class StreamRun:
         storage = cache_storage(self.method)
         self.cache: BoundedCache | None = None
         if storage is not None:
-            use_numba = resolve_engine(config.engine) == "numba"
-            self.cache = BoundedCache(_cache_sizes(self.method), self.capacity, storage, use_numba)  # type: ignore[arg-type]
+            self.cache = BoundedCache(_cache_sizes(self.method), self.capacity, storage)  # type: ignore[arg-type]
             self.method.cache = self.cache  # type: ignore[attr-defined]
         self.trigger = Trigger(config.adapt_every, config.detector)
 
