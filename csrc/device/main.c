@@ -24,7 +24,7 @@
 
 #include "../instantft.h"
 #include "safetensors.h"
-#include "sha256.h"
+#include "tensor_hash.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this reader copies it as is"
@@ -242,31 +242,6 @@ static int64_t evaluate(st_file *st, const ift_chain *chain, const ift_adapters 
     return correct;
 }
 
-static int by_name(const void *a, const void *b) {
-    return strcmp(((const st_out_tensor *)a)->name, ((const st_out_tensor *)b)->name);
-}
-
-/* fileio.tensors_sha256: for each tensor in sorted name order, "name:(d0, d1):torch.float32"
- * then its bytes. (Sorts ts.) */
-static void tensors_sha256(st_out_tensor *ts, int n, char hex[65]) {
-    qsort(ts, (size_t)n, sizeof *ts, by_name);
-    sha256_ctx c;
-    sha256_init(&c);
-    for (int i = 0; i < n; i++) {
-        char head[160];
-        int len = snprintf(head, sizeof head, "%s:(", ts[i].name);
-        uint64_t numel = 1;
-        for (int d = 0; d < ts[i].ndim; d++) {
-            len += snprintf(head + len, sizeof head - (size_t)len, "%s%llu", d ? ", " : "", (unsigned long long)ts[i].shape[d]);
-            numel *= ts[i].shape[d];
-        }
-        len += snprintf(head + len, sizeof head - (size_t)len, "%s):torch.float32", ts[i].ndim == 1 ? "," : "");
-        sha256_update(&c, head, (size_t)len);
-        sha256_update(&c, ts[i].data, (size_t)numel * sizeof(float));
-    }
-    sha256_hex(&c, hex);
-}
-
 /* The adapter record: the bundle's (the JSON object `finetune --save-adapter` writes, for the
  * initial adapters, ending in "tensors_sha256": "<64 hex digits>"}) with that hash replaced by
  * the hash of the trained tensors. Anything else is refused (before any work: see main). */
@@ -390,6 +365,8 @@ int main(int argc, char **argv) {
     int64_t block = meta_int(&st, "block_size", 2, 1 << 16);
     if (block % 2) die("%s: block_size must be even", bpath);
     const char *record = meta(&st, "adapter_record");
+    /* the hash format of the record (absent: the bundle of 0.1.0, format 1); see tensor_hash.h */
+    int hash_format = st_meta_get(&st, "tensors_sha256_format") ? (int)meta_int(&st, "tensors_sha256_format", 1, 2) : 1;
     free(adapter_record(record, "0000000000000000000000000000000000000000000000000000000000000000"));
     probe_writable(apath);
     if (dump) probe_writable(dump);
@@ -524,7 +501,7 @@ int main(int argc, char **argv) {
         out[2 * k + 1] = (st_out_tensor){names[2 * k + 1], ST_F32, 2, {(uint64_t)C, (uint64_t)rank}, b_k[k]};
     }
     char hex[65], err[ST_ERR_LEN];
-    tensors_sha256(out, (int)(2 * K), hex);
+    if (tensors_sha256(out, (int)(2 * K), hash_format, hex)) die("cannot hash the trained adapters");
     char *full_record = adapter_record(record, hex);
     if (st_write_atomic(apath, out, (int)(2 * K), ADAPTER_KEY, full_record, err)) die("%s", err);
     free(full_record);
