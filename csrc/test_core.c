@@ -3,6 +3,8 @@
  * largest magnitude of the array), per-step losses, the first step's gradients, the adapters after
  * training from an fp32 and an NF4 cache, inference with adapters; plus the cache's contract and
  * the non-finite checks. Usage: test_core GOLDEN. Exit 0 when every check passes. */
+#include "test_dump.h" /* first: see there */
+
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,7 +12,6 @@
 #include <string.h>
 
 #include "instantft.h"
-#include "test_dump.h"
 
 #define RTOL 1e-5
 

@@ -8,7 +8,8 @@
  * (the cache filled first); run: fill then every step; epochs: one fill, then the first epoch
  * `repeats` times (the training loop alone). Prints the median milliseconds of
  * `repeats` runs (default 1) and a checksum (so the work cannot be optimised away). */
-#define _POSIX_C_SOURCE 199309L
+#include "../test_dump.h" /* first: it asks for the POSIX declarations (clock_gettime too) */
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +17,6 @@
 #include <time.h>
 
 #include "../instantft.h"
-#include "../test_dump.h"
 
 static double now_ms(void)
 {

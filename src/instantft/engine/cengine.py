@@ -14,7 +14,6 @@ import ctypes
 import functools
 import importlib.util
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -527,42 +526,28 @@ class Training:
 
 
 # --- dumps for the C test and bench programs ----------------------------------------------------
-#: named arrays, as csrc/test_core.c and csrc/bench/bench_core.c read them (little-endian): the magic,
-#: then per array a u32 name length, the name, a u8 dtype code, a u64 count and the values
-DUMP_MAGIC = b"IFTGOLD1"
-DUMP_DTYPES: dict[np.dtype[Any], int] = {
-    np.dtype(np.float32): 0,
-    np.dtype(np.int64): 1,
-    np.dtype(np.uint8): 2,
-    np.dtype(np.float64): 3,
-}
+#: named arrays for csrc/test_core.c and csrc/bench/bench_core.c: a safetensors file (read there
+#: with the device program's reader) of float32, int64, uint8 and float64 tensors
+DUMP_FORMAT = "instantft-dump/2"
+DUMP_DTYPES = (np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.uint8), np.dtype(np.float64))
 
 
 def write_dump(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:
-        f.write(DUMP_MAGIC)
-        for name, a in arrays.items():
-            a = np.ascontiguousarray(a)
-            f.write(struct.pack("<I", len(name)) + name.encode())
-            f.write(struct.pack("<BQ", DUMP_DTYPES[a.dtype], a.size))
-            f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+    from safetensors.numpy import save_file
+
+    for name, a in arrays.items():
+        if a.dtype not in DUMP_DTYPES:
+            raise ValueError(f"{name}: dtype {a.dtype} is not one the C programs read")
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata={"format": DUMP_FORMAT})
 
 
 def read_dump(path: Path) -> dict[str, np.ndarray]:
-    data = Path(path).read_bytes()
-    if not data.startswith(DUMP_MAGIC):
-        raise ValueError(f"{path}: not an instantft array dump")
-    pos, out = len(DUMP_MAGIC), {}
-    inverse: dict[int, np.dtype[Any]] = {v: k for k, v in DUMP_DTYPES.items()}
-    while pos < len(data):
-        (n,) = struct.unpack_from("<I", data, pos)
-        name = data[pos + 4 : pos + 4 + n].decode()
-        code, count = struct.unpack_from("<BQ", data, pos + 4 + n)
-        pos += 4 + n + 9
-        dt = inverse[code].newbyteorder("<")
-        out[name] = np.frombuffer(data, dt, count, pos).copy()
-        pos += count * dt.itemsize
-    return out
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        if (f.metadata() or {}).get("format") != DUMP_FORMAT:
+            raise ValueError(f"{path}: not an instantft array dump ({DUMP_FORMAT})")
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
 
 
 def chain_arrays(chain: Chain) -> dict[str, np.ndarray]:
