@@ -13,9 +13,9 @@
  * Conventions (the same as the Python side, see src/instantft/engine/layout.py):
  * - A cache row is [tap 1 | ... | tap T | logits] (float32), the taps that are not the model input,
  *   in forward order. x0 (the model input), when it is a tap, is read from the images instead.
- * - Adapters are packed (ift_adapters_pack, the one packing): A is R x D row-major (R = rank rounded up to a multiple of 4, D = sum of
- *   the tap widths), B is C x K x R (class c's row of all B_k is contiguous). The padding rows of A
- *   and columns of B are zero and stay zero.
+ * - Adapters are packed (ift_adapters_pack, the one packing): A is R x D row-major (R = rank
+ *   rounded up to a multiple of 4, D = sum of the tap widths), B is C x K x R (class c's row of all
+ *   B_k is contiguous). The padding rows of A and columns of B are zero and stay zero.
  * - Segment k (int64 x4): {source (IFT_SRC_IMAGE / IFT_SRC_CACHE), offset in the source row,
  *   first column of A, length}: exactly Layout.segments().
  * - NF4: the QLoRA codebook; a row of n values is padded with zeros to whole blocks of
