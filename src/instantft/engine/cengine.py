@@ -409,7 +409,9 @@ class Adapters:
     """Packed A (R', D) and B (C, K, R') float32 arrays (trained in place), their segments, and
     the ``ift_adapters`` struct that points at them."""
 
-    def __init__(self, A: np.ndarray, B: np.ndarray, seg: np.ndarray, logit_offset: int, scale: float) -> None:
+    def __init__(self, A: np.ndarray, B: np.ndarray, seg: np.ndarray, logit_offset: int, scale: float,
+                 rank: int | None = None) -> None:  # fmt: skip
+        """``rank``: the adapters' own rank (R' rounded it up to a multiple of 4; default R')."""
         C, K, R = B.shape
         if A.shape[0] != R or seg.shape != (K, 4) or R % 4:
             raise ValueError(f"A {A.shape}, B {B.shape} and segments {seg.shape} do not match (R' a multiple of 4)")
@@ -417,7 +419,7 @@ class Adapters:
         self.struct = _Adapters(
             K, R, C, A.shape[1], _i64(self.seg, "seg"), _f32(A, "A", True), _f32(B, "B", True), logit_offset, scale
         )
-        self.rank = R
+        self.rank = R if rank is None else rank
 
     @classmethod
     def pack(cls, layout: Layout, A: list[torch.Tensor], B: list[torch.Tensor], scale: float) -> Adapters:
@@ -425,8 +427,7 @@ class Adapters:
         (``ift_adapters_pack``, the device program's packing too)."""
         R, K = layout.padded_rank, len(layout.sizes)
         packed = cls(np.empty((R, layout.total_inputs), np.float32), np.empty((layout.num_classes, K, R), np.float32),
-                     layout.segments(), layout.logit_offset, scale)  # fmt: skip
-        packed.rank = layout.rank
+                     layout.segments(), layout.logit_offset, scale, layout.rank)  # fmt: skip
         a = [np.ascontiguousarray(t.detach().numpy(), dtype=np.float32) for t in A]
         b = [np.ascontiguousarray(t.detach().numpy(), dtype=np.float32) for t in B]
         packed._check_parts(a, b)

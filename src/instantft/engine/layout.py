@@ -95,6 +95,4 @@ class Layout:
         from instantft.engine import cengine
 
         a_np, b_np = a.contiguous().numpy(), b.contiguous().numpy()
-        packed = cengine.Adapters(a_np, b_np, self.segments(), self.logit_offset, 1.0)
-        packed.rank = self.rank
-        packed.unpack(A, B)
+        cengine.Adapters(a_np, b_np, self.segments(), self.logit_offset, 1.0, self.rank).unpack(A, B)
