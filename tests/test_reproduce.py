@@ -79,6 +79,8 @@ def test_instantft_reproduce_runs_a_study_of_the_checkout(capfd):
     assert script_and_args(["stream", "--seeds", "1"]) == (studies_path.STUDIES / "stream.py", ["--seeds", "1"])
     assert script_and_args(["c-core"])[0] == studies_path.STUDIES / "c_core.py"
     assert main(["reproduce", "--help"]) == 0
+    assert "instantft reproduce [STUDY]" in capfd.readouterr().out
+    assert main(["reproduce", "fig7", "--help"]) == 0
     assert "python studies/fig7.py" in capfd.readouterr().out
     assert main(["reproduce", "_common"]) == 2
     err = capfd.readouterr().err

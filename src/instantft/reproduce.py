@@ -19,6 +19,10 @@ from cyclopts import Parameter
 from instantft.errors import InstantFTError
 
 DEFAULT_STUDY = "fig7"
+USAGE = """Usage: instantft reproduce [STUDY] [ARGS...]
+
+Run studies/STUDY.py ARGS... of the source checkout with this Python (STUDY defaults to fig7, the
+paper's figures into results/reproduce). `instantft reproduce STUDY --help` lists a study's options."""
 
 
 def studies_dir() -> Path:
@@ -54,5 +58,12 @@ def reproduce(*tokens: Annotated[str, Parameter(allow_leading_hyphen=True)]) -> 
     Every token after ``reproduce`` goes to the study (``instantft reproduce fig7 --help`` lists its
     options); ``studies/README.md`` lists the studies.
     """
+    if list(tokens) in (["--help"], ["-h"]):
+        print(USAGE)
+        try:
+            print("studies: " + ", ".join(available(studies_dir())))
+        except InstantFTError as exc:
+            print(exc)
+        return 0
     script, rest = script_and_args(list(tokens))
     return subprocess.run([sys.executable, str(script), *rest], check=False).returncode

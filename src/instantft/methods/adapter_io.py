@@ -16,7 +16,15 @@ from torch import nn
 
 from instantft.backbones import Backbone, exact_taps
 from instantft.errors import InstantFTError
-from instantft.fileio import PathLike, load_tensors, read_record, save_with_record, tensor_shapes, tensors_sha256
+from instantft.fileio import (
+    TENSORS_SHA256_FORMAT,
+    PathLike,
+    load_tensors,
+    read_record,
+    save_with_record,
+    tensor_shapes,
+    tensors_sha256,
+)
 from instantft.fixedpoint.formats import FixedPointConfig
 from instantft.methods.base import FineTuneConfig, Method, create
 from instantft.models import model_fingerprint
@@ -46,6 +54,7 @@ def save_adapter(
         "taps": [t.label for t in method.backbone.taps],
         "input_shape": list(method.backbone.input_shape),
         **(extra or {}),
+        "tensors_sha256_format": TENSORS_SHA256_FORMAT,
         "tensors_sha256": tensors_sha256(state),
     }
     return save_with_record(path, state, META_KEY, record, inputs)
@@ -95,7 +104,10 @@ def load_adapter(path: str | os.PathLike[str], base: Base) -> tuple[Method, dict
         raise InstantFTError(f"{path}: adapter was trained on another base model (fingerprint mismatch)")
     check_sizes(path, record, config)
     state = load_tensors(path, "adapter")
-    if tensors_sha256(state) != record["tensors_sha256"]:
+    fmt = record.get("tensors_sha256_format", 1)  # absent: written by 0.1.0
+    if fmt not in (1, TENSORS_SHA256_FORMAT) or isinstance(fmt, bool):
+        raise InstantFTError(f"{path}: unknown tensors_sha256_format {fmt!r}; this version reads 1 and 2")
+    if tensors_sha256(state, fmt) != record["tensors_sha256"]:
         raise InstantFTError(f"{path}: adapter tensors do not match their recorded sha256 (file corrupt)")
     if record.get("numerics", "float") == "fixed":
         from instantft.fixedpoint import FixedPointConfig
