@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export INSTANTFT_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test docs lint bench reproduce clean device device-aarch64
+.PHONY: demo test docs lint bench bench-peers reproduce clean device device-aarch64
 
 $(STAMP): pyproject.toml constraints.txt setup.py $(wildcard csrc/*.c csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ test: $(STAMP)
 	@# mkdocs --quiet would also silence the warnings that --strict counts: print the log on failure only
 	@log=$$(NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site 2>&1) \
 		|| { echo "$$log"; echo "mkdocs build --strict failed"; exit 1; }
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests studies
 	$(PY) -m pytest
 
 # the documentation site (MkDocs Material + mkdocstrings), built strictly into build/site
@@ -29,15 +29,24 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests studies
 	$(VENV)/bin/mypy src
 
+# the package's own speed: every engine's fine-tune against LoRA-All, the fill
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
-	$(VENV)/bin/instantft bench
+	$(VENV)/bin/instantft bench --markdown results/bench.md
 
+# the same engines beside other software (ONNX Runtime, PEFT, callgrind): studies, with the 'bench' extra
+bench-peers: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(PY) studies/c_core.py --out results/c_core
+	$(PY) studies/peft_lora.py --out results/peft
+
+# a study of studies/ (default fig7: the paper's figures into results/reproduce), e.g.
+# make reproduce STUDY=stream ARGS="--seeds 5"; studies/README.md lists them
+STUDY ?= fig7
 reproduce: $(STAMP)
-	$(VENV)/bin/instantft reproduce --out results/reproduce
+	$(VENV)/bin/instantft reproduce $(STUDY) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

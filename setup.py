@@ -4,7 +4,8 @@ The shared library is declared as the extension ``instantft._cinstantft`` only s
 ordinary build (``pip install -e .`` from ``make``) compiles it next to the package with the
 platform's compiler; it has no Python entry point and includes no Python header: Python loads it
 with ctypes (:mod:`instantft.engine.cengine`). OpenMP is used when the compiler has it. Without a
-working C compiler the install still succeeds, and ``--engine auto`` falls back to another engine.
+working C compiler the install still succeeds, and ``--engine auto`` falls back to the reference
+loop. The device program (``make device``) is built from these sources plus csrc/device/.
 """
 
 from __future__ import annotations

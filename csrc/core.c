@@ -2,6 +2,7 @@
  * functions (fill, train, predict), dispatching to the kernels of the best instruction set the
  * CPU has (kern.h, compiled here once per set). */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +162,72 @@ const ift_kernels *ift_kernels_get(void)
 }
 
 int ift_abi_version(void) { return IFT_ABI_VERSION; }
+
+/* ---- the ABI's struct layout, for ctypes ------------------------------------------------ */
+typedef struct {
+    const char *name;
+    size_t offset;
+} ift_field;
+
+#define IFT_FIELD(S, m) {#m, offsetof(S, m)}
+
+static size_t layout_line(char *out, size_t cap, size_t len, const char *name, size_t size, const ift_field *f,
+                          size_t n)
+{
+    if (len < cap) len += (size_t)snprintf(out + len, cap - len, "%s %zu", name, size);
+    for (size_t i = 0; i < n && len < cap; i++)
+        len += (size_t)snprintf(out + len, cap - len, " %s:%zu", f[i].name, f[i].offset);
+    if (len < cap) len += (size_t)snprintf(out + len, cap - len, "\n");
+    return len;
+}
+
+const char *ift_layout_info(void)
+{
+    static char info[2048];
+    static const ift_field op[] = {
+        IFT_FIELD(ift_op, kind),   IFT_FIELD(ift_op, out_c),  IFT_FIELD(ift_op, kh),         IFT_FIELD(ift_op, kw),
+        IFT_FIELD(ift_op, sh),     IFT_FIELD(ift_op, sw),     IFT_FIELD(ift_op, ph),         IFT_FIELD(ift_op, pw),
+        IFT_FIELD(ift_op, tap),    IFT_FIELD(ift_op, weight), IFT_FIELD(ift_op, bias),       IFT_FIELD(ift_op, in_c),
+        IFT_FIELD(ift_op, in_h),   IFT_FIELD(ift_op, in_w),   IFT_FIELD(ift_op, out_h),      IFT_FIELD(ift_op, out_w),
+        IFT_FIELD(ift_op, out_cc), IFT_FIELD(ift_op, tap_offset),
+    };
+    static const ift_field chain[] = {
+        IFT_FIELD(ift_chain, ops),          IFT_FIELD(ift_chain, n_ops),       IFT_FIELD(ift_chain, in_c),
+        IFT_FIELD(ift_chain, in_h),         IFT_FIELD(ift_chain, in_w),        IFT_FIELD(ift_chain, in_size),
+        IFT_FIELD(ift_chain, num_classes),  IFT_FIELD(ift_chain, row_width),   IFT_FIELD(ift_chain, logit_offset),
+        IFT_FIELD(ift_chain, input_is_tap), IFT_FIELD(ift_chain, n_taps),      IFT_FIELD(ift_chain, work_floats),
+        IFT_FIELD(ift_chain, act_floats),
+    };
+    static const ift_field cache[] = {
+        IFT_FIELD(ift_cache, storage),  IFT_FIELD(ift_cache, width),   IFT_FIELD(ift_cache, capacity),
+        IFT_FIELD(ift_cache, count),    IFT_FIELD(ift_cache, block_size), IFT_FIELD(ift_cache, blocks),
+        IFT_FIELD(ift_cache, rows),     IFT_FIELD(ift_cache, codes),   IFT_FIELD(ift_cache, absmax),
+        IFT_FIELD(ift_cache, keys),     IFT_FIELD(ift_cache, slot_of), IFT_FIELD(ift_cache, key_space),
+        IFT_FIELD(ift_cache, owns),
+    };
+    static const ift_field adapters[] = {
+        IFT_FIELD(ift_adapters, K),   IFT_FIELD(ift_adapters, R), IFT_FIELD(ift_adapters, C),
+        IFT_FIELD(ift_adapters, D),   IFT_FIELD(ift_adapters, seg), IFT_FIELD(ift_adapters, A),
+        IFT_FIELD(ift_adapters, B),   IFT_FIELD(ift_adapters, logit_offset), IFT_FIELD(ift_adapters, scale),
+    };
+    static const ift_field train[] = {
+        IFT_FIELD(ift_train_args, cache),   IFT_FIELD(ift_train_args, images),  IFT_FIELD(ift_train_args, image_width),
+        IFT_FIELD(ift_train_args, slot_of), IFT_FIELD(ift_train_args, labels),  IFT_FIELD(ift_train_args, order),
+        IFT_FIELD(ift_train_args, offsets), IFT_FIELD(ift_train_args, n_steps), IFT_FIELD(ift_train_args, losses),
+        IFT_FIELD(ift_train_args, lr),      IFT_FIELD(ift_train_args, threads),
+    };
+#define IFT_N(a) (sizeof a / sizeof a[0])
+    if (!info[0]) { /* a benign race: every thread writes the same bytes */
+        size_t len = 0;
+        len = layout_line(info, sizeof info, len, "ift_op", sizeof(ift_op), op, IFT_N(op));
+        len = layout_line(info, sizeof info, len, "ift_chain", sizeof(ift_chain), chain, IFT_N(chain));
+        len = layout_line(info, sizeof info, len, "ift_cache", sizeof(ift_cache), cache, IFT_N(cache));
+        len = layout_line(info, sizeof info, len, "ift_adapters", sizeof(ift_adapters), adapters, IFT_N(adapters));
+        layout_line(info, sizeof info, len, "ift_train_args", sizeof(ift_train_args), train, IFT_N(train));
+    }
+#undef IFT_N
+    return info;
+}
 
 const char *ift_build_info(void)
 {
@@ -545,25 +612,28 @@ static int all_finite(const float *x, int64_t n)
     return ok;
 }
 
-int64_t ift_train(const ift_adapters *ad, const ift_cache *cache, const float *images, int64_t image_width,
-                  const int64_t *slot_of, const int64_t *labels, const int64_t *order, const int64_t *offsets,
-                  int64_t first, int64_t last, float lr, double *losses, int threads, int *status)
+int64_t ift_train(const ift_adapters *ad, const ift_train_args *args, int64_t first, int64_t last, int *status)
 {
     int dummy;
     if (!status) status = &dummy;
     *status = IFT_EINVAL;
-    if (!cache || !slot_of || !labels || !order || !offsets || !losses || first < 0 || last < first) return 0;
-    if (ift_adapters_check(ad, images ? image_width : 0, cache->width)) return 0;
+    if (!args) return 0;
+    const ift_cache *cache = args->cache;
+    if (!cache || !args->slot_of || !args->labels || !args->order || !args->offsets || !args->losses || first < 0 ||
+        last < first || last > args->n_steps)
+        return 0;
+    if (ift_adapters_check(ad, args->images ? args->image_width : 0, cache->width)) return 0;
     if (cache->storage == IFT_FP32 ? !cache->rows : (!cache->codes || !cache->absmax || cache->block_size < 2))
         return 0;
     for (int64_t s = first; s < last; s++)
-        if (offsets[s + 1] < offsets[s]) return 0;
+        if (args->offsets[s + 1] < args->offsets[s]) return 0;
     if (last == first) {
         *status = IFT_OK;
         return 0;
     }
-    int64_t done = ift_kernels_get()->train(ad, cache, images, image_width, slot_of, labels, order, offsets, first,
-                                            last, lr, losses, threads > 1 ? threads : 1);
+    int64_t done = ift_kernels_get()->train(ad, cache, args->images, args->image_width, args->slot_of, args->labels,
+                                            args->order, args->offsets, first, last, args->lr, args->losses,
+                                            args->threads > 1 ? args->threads : 1);
     if (done < 0) {
         *status = IFT_ENOMEM;
         return 0;
@@ -575,6 +645,46 @@ int64_t ift_train(const ift_adapters *ad, const ift_cache *cache, const float *i
     else
         *status = IFT_OK;
     return done;
+}
+
+static int pack_ok(const ift_adapters *ad, int64_t rank)
+{
+    if (!ad || !ad->seg || !ad->A || !ad->B || ad->K < 1 || ad->C < 1 || rank < 1 || rank > ad->R) return 0;
+    for (int64_t k = 0; k < ad->K; k++) {
+        const int64_t *s = ad->seg + 4 * k;
+        if (s[2] < 0 || s[3] < 1 || s[2] + s[3] > ad->D) return 0;
+    }
+    return 1;
+}
+
+int ift_adapters_pack(const ift_adapters *ad, int64_t rank, const float *const *A_k, const float *const *B_k)
+{
+    if (!pack_ok(ad, rank) || !A_k || !B_k) return IFT_EINVAL;
+    for (int64_t k = 0; k < ad->K; k++)
+        if (!A_k[k] || !B_k[k]) return IFT_EINVAL;
+    memset(ad->A, 0, (size_t)(ad->R * ad->D) * sizeof(float));
+    memset(ad->B, 0, (size_t)(ad->C * ad->K * ad->R) * sizeof(float));
+    for (int64_t k = 0; k < ad->K; k++) {
+        const int64_t col = ad->seg[4 * k + 2], d = ad->seg[4 * k + 3];
+        for (int64_t r = 0; r < rank; r++) memcpy(ad->A + r * ad->D + col, A_k[k] + r * d, (size_t)d * sizeof(float));
+        for (int64_t c = 0; c < ad->C; c++)
+            memcpy(ad->B + (c * ad->K + k) * ad->R, B_k[k] + c * rank, (size_t)rank * sizeof(float));
+    }
+    return IFT_OK;
+}
+
+int ift_adapters_unpack(const ift_adapters *ad, int64_t rank, float *const *A_k, float *const *B_k)
+{
+    if (!pack_ok(ad, rank) || !A_k || !B_k) return IFT_EINVAL;
+    for (int64_t k = 0; k < ad->K; k++)
+        if (!A_k[k] || !B_k[k]) return IFT_EINVAL;
+    for (int64_t k = 0; k < ad->K; k++) {
+        const int64_t col = ad->seg[4 * k + 2], d = ad->seg[4 * k + 3];
+        for (int64_t r = 0; r < rank; r++) memcpy(A_k[k] + r * d, ad->A + r * ad->D + col, (size_t)d * sizeof(float));
+        for (int64_t c = 0; c < ad->C; c++)
+            memcpy(B_k[k] + c * rank, ad->B + (c * ad->K + k) * ad->R, (size_t)rank * sizeof(float));
+    }
+    return IFT_OK;
 }
 
 void ift_adapters_logits(const ift_adapters *ad, const float *image, const float *row, float *logits)

@@ -6,12 +6,16 @@
  * functions (fill, train, predict: their scratch, freed before return) allocate; errors are
  * returned, never printed.
  *
+ * The Python side mirrors the structs below with ctypes (src/instantft/engine/cengine.py) and
+ * compares them with ift_layout_info() when it loads the library: change a struct here and there
+ * together, and bump IFT_ABI_VERSION.
+ *
  * Conventions (the same as the Python side, see src/instantft/engine/layout.py):
  * - A cache row is [tap 1 | ... | tap T | logits] (float32), the taps that are not the model input,
  *   in forward order. x0 (the model input), when it is a tap, is read from the images instead.
- * - Adapters are packed: A is R x D row-major (R = rank rounded up to a multiple of 4, D = sum of
- *   the tap widths), B is C x K x R (class c's row of all B_k is contiguous). The padding rows of A
- *   and columns of B are zero and stay zero.
+ * - Adapters are packed (ift_adapters_pack, the one packing): A is R x D row-major (R = rank
+ *   rounded up to a multiple of 4, D = sum of the tap widths), B is C x K x R (class c's row of all
+ *   B_k is contiguous). The padding rows of A and columns of B are zero and stay zero.
  * - Segment k (int64 x4): {source (IFT_SRC_IMAGE / IFT_SRC_CACHE), offset in the source row,
  *   first column of A, length}: exactly Layout.segments().
  * - NF4: the QLoRA codebook; a row of n values is padded with zeros to whole blocks of
@@ -29,7 +33,7 @@
 extern "C" {
 #endif
 
-#define IFT_ABI_VERSION 1
+#define IFT_ABI_VERSION 2
 
 /* return codes (0 = ok; negative = error) */
 #define IFT_OK 0
@@ -44,6 +48,10 @@ int ift_abi_version(void);
 const char *ift_strerror(int code);
 /* "avx512" / "avx2" / "neon" / "generic" + "+openmp" : what the kernels were built for */
 const char *ift_build_info(void);
+/* The size and field offsets of every struct declared here, so that a caller mirroring them (the
+ * Python side's ctypes structures) can refuse a library built with another layout. One line per
+ * struct, "name size field:offset field:offset ...\n", fields in declaration order. */
+const char *ift_layout_info(void);
 
 /* ---- NF4 ------------------------------------------------------------------------------ */
 #define IFT_NF4_BLOCK 64
@@ -173,16 +181,38 @@ typedef struct ift_adapters {
 
 int ift_adapters_check(const ift_adapters *ad, int64_t image_width, int64_t row_width);
 
-/* Steps first..last-1 of a schedule: step s trains on data rows order[offsets[s]..offsets[s+1]);
- * data row i is images[i] (image_width floats, x0) and cache slot slot_of[i], label labels[i].
- * SGD with learning rate lr (lr * scale on the gradients, as the reference). losses[s] = mean
- * cross-entropy of step s before its update. Returns the steps done (>= 0) and sets *status:
- * IFT_OK, IFT_ELOSS (stopped after the first non-finite loss), IFT_EPARAM (all losses finite but
- * A or B not finite after the last update), IFT_EINVAL (bad argument; 0 steps). threads: the
+/* The one packing of the adapters (Python, through ctypes, and the device program): A_k[k] is
+ * rank x d_k row-major (d_k = seg[k][3]) and goes to rows 0..rank-1, columns seg[k][2].. of A;
+ * B_k[k] is C x rank and goes to B[c][k][0..rank). Every other element of A and B (the rank
+ * padding up to R) is set to zero. rank must be 1..R. */
+int ift_adapters_pack(const ift_adapters *ad, int64_t rank, const float *const *A_k, const float *const *B_k);
+/* The inverse: A_k[k] (rank x d_k) and B_k[k] (C x rank) from the packed A and B. */
+int ift_adapters_unpack(const ift_adapters *ad, int64_t rank, float *const *A_k, float *const *B_k);
+
+/* What a training run reads (the adapters are passed apart: they are what it writes). Data row i
+ * is images[i] (image_width floats, read by the segments whose source is the image; images may be
+ * NULL when none is), cache slot slot_of[i], label labels[i]. Step s trains on the data rows
+ * order[offsets[s]..offsets[s+1]), s < n_steps; losses[s] = its mean cross-entropy before its
+ * update. SGD with learning rate lr (lr * scale on the gradients, as the reference). threads: the
  * adapters' update in parallel (<= 1: serial). */
-int64_t ift_train(const ift_adapters *ad, const ift_cache *cache, const float *images, int64_t image_width,
-                  const int64_t *slot_of, const int64_t *labels, const int64_t *order, const int64_t *offsets,
-                  int64_t first, int64_t last, float lr, double *losses, int threads, int *status);
+typedef struct ift_train_args {
+    const ift_cache *cache;
+    const float *images;
+    int64_t image_width;
+    const int64_t *slot_of;
+    const int64_t *labels;
+    const int64_t *order;
+    const int64_t *offsets; /* n_steps + 1 */
+    int64_t n_steps;
+    double *losses;         /* n_steps */
+    float lr;
+    int32_t threads;
+} ift_train_args;
+
+/* Steps first..last-1 (0 <= first <= last <= n_steps). Returns the steps done (>= 0) and sets
+ * *status: IFT_OK, IFT_ELOSS (stopped after the first non-finite loss), IFT_EPARAM (all losses
+ * finite but A or B not finite after the last update), IFT_EINVAL (bad argument; 0 steps). */
+int64_t ift_train(const ift_adapters *ad, const ift_train_args *args, int64_t first, int64_t last, int *status);
 
 /* logits (C) = row's base logits + scale * sum_k B_k A_k x_k for one sample (image: x0, row: its
  * cache row, fp32). */

@@ -3,6 +3,8 @@
  * largest magnitude of the array), per-step losses, the first step's gradients, the adapters after
  * training from an fp32 and an NF4 cache, inference with adapters; plus the cache's contract and
  * the non-finite checks. Usage: test_core GOLDEN. Exit 0 when every check passes. */
+#include "test_dump.h" /* first: see there */
+
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,7 +12,6 @@
 #include <string.h>
 
 #include "instantft.h"
-#include "test_dump.h"
 
 #define RTOL 1e-5
 
@@ -153,9 +154,10 @@ int main(int argc, char **argv)
     ift_cache imported;
     ift_cache_alloc(&imported, IFT_FP32, W, N, 0, N);
     for (int64_t i = 0; i < N; i++) keys[i] = i;
-    ift_cache_import_fp32(&imported, keys, N, want_rows); /* the reference rows, so only training differs */
-    int64_t done = ift_train(&ad, &imported, images, ch.in_size, keys, labels, order, one_step, 0, 1, 1.0f, losses, 1,
-                             &status);
+    ift_cache_import_fp32(&imported, keys, N, want_rows);
+    /* the reference rows, so only training differs; one step first */
+    ift_train_args args = {&imported, images, ch.in_size, keys, labels, order, one_step, 1, losses, 1.0f, 1};
+    int64_t done = ift_train(&ad, &args, 0, 1, &status);
     check(done == 1 && status == IFT_OK, "one step");
     float *dA = malloc(na * 4), *dB = malloc(nbb * 4);
     for (uint64_t i = 0; i < na; i++) dA[i] = A0[i] - A[i];
@@ -172,8 +174,8 @@ int main(int argc, char **argv)
     /* the whole schedule, fp32 cache, 1 and 2 threads */
     for (int threads = 1; threads <= 2; threads++) {
         memcpy(A, A0, na * 4), memcpy(B, B0, nbb * 4);
-        done = ift_train(&ad, &imported, images, ch.in_size, keys, labels, order, offsets, 0, steps, ls[0], losses,
-                         threads, &status);
+        args = (ift_train_args){&imported, images, ch.in_size, keys, labels, order, offsets, steps, losses, ls[0], threads};
+        done = ift_train(&ad, &args, 0, steps, &status);
         check(done == steps && status == IFT_OK, "fp32 training: every step");
         close_f64(losses, get("losses", 3, NULL), steps, "fp32 training: per-step losses");
         close_f32(A, get("A_fp32", 0, NULL), (int64_t)na, "fp32 training: A");
@@ -193,7 +195,8 @@ int main(int argc, char **argv)
     /* NF4 cache: slots in another order than the data rows */
     for (int64_t i = 0; i < N; i++) slot_of[i] = ift_cache_slot(&q4, 997 - 37 * i);
     memcpy(A, A0, na * 4), memcpy(B, B0, nbb * 4);
-    done = ift_train(&ad, &q4, images, ch.in_size, slot_of, labels, order, offsets, 0, steps, ls[0], losses, 1, &status);
+    ift_train_args q4_args = {&q4, images, ch.in_size, slot_of, labels, order, offsets, steps, losses, ls[0], 1};
+    done = ift_train(&ad, &q4_args, 0, steps, &status);
     check(done == steps && status == IFT_OK, "nf4 training: every step");
     close_f64(losses, get("losses_nf4", 3, NULL), steps, "nf4 training: per-step losses");
     close_f32(A, get("A_nf4", 0, NULL), (int64_t)na, "nf4 training: A");
@@ -201,19 +204,21 @@ int main(int argc, char **argv)
     /* resuming epoch by epoch gives the same adapters as one call */
     memcpy(A, A0, na * 4), memcpy(B, B0, nbb * 4);
     int64_t half = steps / 2;
-    ift_train(&ad, &q4, images, ch.in_size, slot_of, labels, order, offsets, 0, half, ls[0], losses, 1, &status);
-    ift_train(&ad, &q4, images, ch.in_size, slot_of, labels, order, offsets, half, steps, ls[0], losses, 1, &status);
+    ift_train(&ad, &q4_args, 0, half, &status);
+    ift_train(&ad, &q4_args, half, steps, &status);
+    check(ift_train(&ad, &q4_args, 0, steps + 1, &status) == 0 && status == IFT_EINVAL,
+          "a step past the schedule: IFT_EINVAL, no step");
     close_f32(A, get("A_nf4", 0, NULL), (int64_t)na, "nf4 training in two calls: A");
 
     /* ---- divergence: the first non-finite loss stops; an overflowing last update is reported ---- */
     memcpy(A, A0, na * 4), memcpy(B, B0, nbb * 4);
     ad.scale = 3.0f;
-    done = ift_train(&ad, &imported, images, ch.in_size, keys, labels, order, one_step, 0, 1, FLT_MAX, losses, 1,
-                     &status);
+    args = (ift_train_args){&imported, images, ch.in_size, keys, labels, order, one_step, 1, losses, FLT_MAX, 1};
+    done = ift_train(&ad, &args, 0, 1, &status);
     check(done == 1 && status == IFT_EPARAM && isfinite(losses[0]),
           "a finite loss but an overflowing update: IFT_EPARAM");
-    done = ift_train(&ad, &imported, images, ch.in_size, keys, labels, order, offsets, 0, steps, 0.1f, losses, 1,
-                     &status);
+    args = (ift_train_args){&imported, images, ch.in_size, keys, labels, order, offsets, steps, losses, 0.1f, 1};
+    done = ift_train(&ad, &args, 0, steps, &status);
     check(done == 1 && status == IFT_ELOSS && !isfinite(losses[0]), "non-finite loss: stops after that step");
     ad.scale = ls[1];
 
@@ -229,8 +234,7 @@ int main(int argc, char **argv)
     badseg[4 * (K - 1) + 3] += 1000;
     ift_adapters badad = ad;
     badad.seg = badseg;
-    done = ift_train(&badad, &imported, images, ch.in_size, keys, labels, order, offsets, 0, steps, 0.1f, losses, 1,
-                     &status);
+    done = ift_train(&badad, &args, 0, steps, &status);
     check(done == 0 && status == IFT_EINVAL, "a segment past the row: IFT_EINVAL, no step");
 
     ift_cache_free(&fp);

@@ -1,8 +1,12 @@
-/* Reading the named-array dumps that Python writes (instantft.engine.cengine.write_dump) for the
- * C test and bench programs, and a chain from the dump's ops and weights. Header-only, for those
- * programs (not part of the core). */
+/* The golden files Python writes (tests/golden/write_golden.py; instantft.engine.cengine.write_dump)
+ * for the C test and bench programs: safetensors, read with the device program's reader
+ * (device/safetensors.c, included here so that these programs build from their own source and
+ * the core's), and a chain from the file's ops and weights. Header-only, for those programs (not
+ * part of the core). Include it FIRST: the reader needs the POSIX declarations it asks for. */
 #ifndef IFT_TEST_DUMP_H
 #define IFT_TEST_DUMP_H
+
+#include "device/safetensors.c"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,27 +36,32 @@ static void *get(const char *name, int dtype, uint64_t *count)
     exit(2);
 }
 
+/* every tensor of the file (F32, I64, U8 or F64), flattened */
 static int load(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    char magic[8];
-    if (!f || fread(magic, 1, 8, f) != 8 || memcmp(magic, "IFTGOLD1", 8)) return -1;
-    uint32_t n;
-    while (fread(&n, 4, 1, f) == 1) {
+    st_file st;
+    if (st_open(&st, path)) {
+        fprintf(stderr, "%s\n", st.err);
+        return -1;
+    }
+    int rc = 0;
+    for (int i = 0; i < st.n_tensors && rc == 0; i++) {
+        const st_tensor *t = &st.tensors[i];
         array *a = &arrays[n_arrays];
-        uint8_t dtype;
-        if (n >= sizeof a->name || n_arrays >= 128 || fread(a->name, 1, n, f) != n || fread(&dtype, 1, 1, f) != 1 ||
-            fread(&a->count, 8, 1, f) != 1)
-            return -1;
-        a->name[n] = 0;
+        int dtype = t->dtype == ST_F32 ? 0 : t->dtype == ST_I64 ? 1 : t->dtype == ST_U8 ? 2 : t->dtype == ST_F64 ? 3 : -1;
+        if (dtype < 0 || n_arrays >= 128 || strlen(t->name) >= sizeof a->name) {
+            rc = -1;
+            break;
+        }
+        snprintf(a->name, sizeof a->name, "%s", t->name);
         a->dtype = dtype;
-        size_t size = dtype == 2 ? 1 : dtype == 0 ? 4 : 8;
-        a->data = malloc(a->count * size + 1);
-        if (!a->data || fread(a->data, size, a->count, f) != a->count) return -1;
+        a->count = t->numel;
+        a->data = malloc((size_t)(t->end - t->begin) + 1);
+        if (!a->data || st_read(&st, t, 0, a->data, t->end - t->begin)) rc = -1;
         n_arrays++;
     }
-    fclose(f);
-    return 0;
+    st_close(&st);
+    return rc;
 }
 
 /* the array called name, or NULL */

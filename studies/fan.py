@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from instantft.fixedpoint import FixedPointConfig
 from instantft.machine import machine_info
 from instantft.methods import method_names
 from instantft.run import Run, config_for, finetune
@@ -33,9 +34,12 @@ def run_all(tasks: list[str], methods: list[str], seeds: int, threads: int) -> l
     for task in tasks:
         for method in methods:
             for seed in range(seeds):
-                run = Run(method=method, task=Task(dataset=task), config=config_for(task, seed=seed))
+                # "instantft-fixed": InstantFT in the FPGA core's integer arithmetic (--numerics fixed)
+                fixed = FixedPointConfig() if method == "instantft-fixed" else None
+                name = "instantft" if fixed is not None else method
+                run = Run(method=name, task=Task(dataset=task), config=config_for(task, seed=seed), fixed=fixed)
                 record = finetune(run, runtime, record_divergence=True).record
-                records.append({k: record[k] for k in KEYS})
+                records.append({**{k: record[k] for k in KEYS}, "method": method})
                 print(f"{task} {method} seed {seed}: {record['accuracy_after']:.4f} "
                       f"{record['finetune_seconds']:.3f}s", flush=True)  # fmt: skip
     return records
@@ -137,13 +141,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--methods", default=",".join(method_names()))
+    p.add_argument("--methods", default=",".join(method_names()), help="also: instantft-fixed (--numerics fixed)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("results/fan"))
+    p.add_argument("--name", default="fan", help="the output files' stem")
     a = p.parse_args()
     command = (f"python studies/fan.py --seeds {a.seeds} --threads {a.threads}"
-               + ("" if a.tasks == ",".join(TASKS) else f" --tasks {a.tasks}"))  # fmt: skip
+               + ("" if a.tasks == ",".join(TASKS) else f" --tasks {a.tasks}")
+               + ("" if a.methods == ",".join(method_names()) else f" --methods {a.methods}")
+               + ("" if a.name == "fan" else f" --name {a.name}"))  # fmt: skip
     start = time.time()
     records = run_all(a.tasks.split(","), a.methods.split(","), a.seeds, a.threads)
     rows = summarise(records)
@@ -151,10 +158,10 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     result = {"command": command, "machine": machine, "threads": a.threads, "wall_seconds": time.time() - start,
               "summary": rows, "runs": records}  # fmt: skip
-    (a.out / "fan.json").write_text(json.dumps(result, indent=1) + "\n")
-    (a.out / "fan.md").write_text(markdown(rows, machine, a.threads, command))
-    plot(rows, a.out / "fan.png")
-    print((a.out / "fan.md").read_text())
+    (a.out / f"{a.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (a.out / f"{a.name}.md").write_text(markdown(rows, machine, a.threads, command))
+    plot(rows, a.out / f"{a.name}.png")
+    print((a.out / f"{a.name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""The any-backbone study of ``reproduce`` on a tiny configuration: it runs every method on the
+"""The any-backbone study (studies/backbones.py, run by fig7.py) on a tiny configuration: it runs every method on the
 MLP beside LeNet-5, keys the runs by backbone, and writes its table and plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from instantft.experiments.reproduce import METHODS, ReproduceConfig, reproduce
+from . import studies_path  # noqa: F401  (the studies are imported in the tests, after it)
 
 
 def test_backbones_study_runs_and_reports(tmp_path: Path):
+    from fig7 import METHODS, ReproduceConfig, reproduce
+
     cfg = ReproduceConfig(out=tmp_path, seeds=1, only=("fig7", "backbones"), samples=40, eval_samples=60, epochs=1,
                           angles=(90,), datasets=("rotmnist",), backbones=("mlp",), show_progress=False)  # fmt: skip
     summary = reproduce(cfg)["backbones"]

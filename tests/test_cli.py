@@ -410,16 +410,16 @@ def test_every_setting_has_a_flag_and_the_cli_defaults_are_the_apis(capsys: pyte
     from instantft.cli import flag
     from instantft.fixedpoint import FixedPointConfig
     from instantft.run import config_for, run_for
-    from instantft.settings import Adapters, FineTuneConfig, Runtime, Source, Task, Training
+    from instantft.settings import FineTuneConfig, Runtime, Source, Task
 
     code, out, _ = run(capsys, "finetune", "--help")
     assert code == 0
     for model in (Task, Source, FineTuneConfig, FixedPointConfig, Runtime):
         for field in model.model_fields:
             assert flag(field) in out, field
-    cli_run = run_for("instantft", Task(dataset="svhn"), Source(), Training(), Adapters())
+    cli_run = run_for("instantft", Task(dataset="svhn"), Source(), FineTuneConfig())
     assert cli_run.hyper == config_for("svhn") and cli_run.hyper.lr == 0.025
-    assert run_for("instantft", Task(dataset="svhn"), Source(), Training(lr=0.1), Adapters()).hyper.lr == 0.1
+    assert run_for("instantft", Task(dataset="svhn"), Source(), FineTuneConfig(lr=0.1)).hyper.lr == 0.1
 
 
 def test_last_layer_flag(capsys: pytest.CaptureFixture[str]):

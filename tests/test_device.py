@@ -177,6 +177,45 @@ def test_device_trains_what_python_on_the_c_core_trains(method: str, small: dict
     assert_adapters_close(load_tensors(bundle / ADAPTER_FILE), on_c)
 
 
+def test_tensor_hash_format_2_is_the_documented_byte_stream():
+    """fileio.tensors_sha256 format 2 is exactly the stream csrc/device/tensor_hash.h documents
+    (names in byte order, NUL, dtype tag, NUL, ndim and dims as little-endian u64, raw data)."""
+    import hashlib
+
+    state = {"b": torch.arange(6, dtype=torch.float32).view(2, 3), "a": torch.tensor([1, -2], dtype=torch.int64)}
+    stream = b"a\0I64\0" + struct.pack("<QQ", 1, 2) + np.array([1, -2], "<i8").tobytes()
+    stream += b"b\0F32\0" + struct.pack("<QQQ", 2, 2, 3) + np.arange(6, dtype="<f4").tobytes()
+    assert tensors_sha256(state) == hashlib.sha256(stream).hexdigest()
+    legacy = b"a:(2,):torch.int64" + state["a"].numpy().tobytes()
+    legacy += b"b:(2, 3):torch.float32" + state["b"].numpy().tobytes()
+    assert tensors_sha256(state, 1) == hashlib.sha256(legacy).hexdigest()
+
+
+def test_old_bundle_gets_a_format_1_hash_that_verifies(device: Path, tmp_path: Path):
+    """A 0.1.0 bundle (no tensors_sha256_format) makes the device hash in format 1 and say
+    nothing, so the adapter it writes loads with its hash checked."""
+    from instantft.methods.adapter_io import load_adapter, read_adapter_record
+    from instantft.run import load_backbone
+
+    bundle = tmp_path / "old"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "v0.1.0" / "bundle-instantft", bundle)
+    run_device(device, bundle)
+    record = read_adapter_record(bundle / ADAPTER_FILE)
+    assert "tensors_sha256_format" not in record
+    assert record["tensors_sha256"] == tensors_sha256(load_tensors(bundle / ADAPTER_FILE), 1)
+    load_adapter(bundle / ADAPTER_FILE, load_backbone("rotmnist")[0])
+
+
+def test_new_bundle_says_its_hash_format(small: dict[str, Path], device: Path, tmp_path: Path):
+    bundle = tmp_path / "new"
+    shutil.copytree(small["instantft"], bundle)
+    assert read_bundle(bundle).metadata["tensors_sha256_format"] == "2"
+    run_device(device, bundle)
+    from instantft.methods.adapter_io import read_adapter_record
+
+    assert read_adapter_record(bundle / ADAPTER_FILE)["tensors_sha256_format"] == 2
+
+
 def test_rotmnist_90_full_size_matches_python(device: Path, tmp_path: Path):
     """The issue's case: RotMNIST 90°, 1,024 fine-tuning images, all 8,976 others evaluated,
     10 epochs: the device reaches Python's accuracy (the real `finetune` on float images) and

@@ -14,7 +14,7 @@ from instantft.cli import main
     "argv",
     [
         ["--method", "instantft", "--scale", "1e30"],
-        ["--method", "skip2-lora", "--scale", "1e30", "--engine", "torch"],
+        ["--method", "skip2-lora", "--scale", "1e30", "--engine", "reference"],
         ["--method", "lora-all", "--lr", "1e20"],
         ["--method", "ft-all", "--lr", "1e20"],
         ["--method", "skip-lora", "--lr", "1e20"],

@@ -247,3 +247,15 @@ def test_pretrain_fan_reproduces_the_bundled_backbone(tmp_path: Path):
     assert main(["pretrain", "--dataset", "fan", "--out", str(out), "--json"]) == 0
     got, bundled = read_metadata(out), read_metadata(bundled_checkpoint("fan-silentA", "mlp"))
     assert got["architecture"] == "mlp-fan" and got["test_accuracy"] == pytest.approx(bundled["test_accuracy"])
+
+
+@needs_fan
+def test_fixed_point_instantft_runs_on_the_fan_mlp(capsys):
+    """The fan MLP's first tap is cached (the standardised spectrum), not read from the data."""
+    from instantft.cli import main
+
+    argv = ["finetune", "--dataset", "fan", "--method", "instantft", "--numerics", "fixed", "--samples", "100",
+            "--eval-samples", "100", "--epochs", "2", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["numerics"] == "fixed" and record["accuracy_after"] > record["accuracy_before"]

@@ -24,6 +24,7 @@ from instantft.fixedpoint.memory import memory_estimate, memory_markdown
 from instantft.fixedpoint.nf4_codec import LEVEL_FORMAT, LEVELS, decode, encode, entry_bits
 from instantft.fixedpoint.ops import (
     Counters,
+    Into,
     add,
     divide,
     matmul,
@@ -156,7 +157,7 @@ def test_matmul_matches_apytypes(data, rounding: str, with_bias: bool):
     if with_bias:
         bias = data.draw(word_arrays(fb, (n,)))
         ref = ref + apy(bias.reshape(1, n).expand(m, n).contiguous(), fb)
-    got = matmul(a, fa, b, fb, fo, rounding, bias=bias, fbias=fb)
+    got = matmul(a, fa, b, fb, Into(fo, rounding), bias=bias)
     assert torch.equal(got, cast(ref, fo, rounding))
 
 
@@ -341,7 +342,7 @@ def test_wide_formats_track_float_instantft(backbone, task):
                              softmax_range=16.0)  # fmt: skip
     fl = create("instantft", backbone, config, runtime=Runtime(engine="reference"))  # the plain float loop
     fl.fit(task.finetune)
-    fx = FixedPointInstantFT(backbone, config, fixed)
+    fx = FixedPointInstantFT(backbone, config, fixed=fixed)
     res = fx.fit(task.finetune)
     assert res.steps == 8 and fx.counters.total("saturated") == fx.counters.tensors["softmax.exp_index"].saturated
     for name, ref in fl.trainable().items():
@@ -358,7 +359,7 @@ def test_default_formats_train_and_narrow_formats_saturate(backbone, task):
     ok = FixedPointInstantFT(backbone, config)
     ok.fit(task.finetune)
     assert {"conv1.out", "skip1.dA", "grad.output", "nf4.dequant"} <= set(ok.counters.tensors)
-    narrow = FixedPointInstantFT(backbone, config, FixedPointConfig(act_format="Q1.8", param_format="Q2.6"))
+    narrow = FixedPointInstantFT(backbone, config, fixed=FixedPointConfig(act_format="Q1.8", param_format="Q2.6"))
     narrow.fit(task.finetune)
     sat = narrow.counters.saturating()
     assert "input" in sat or "conv1.out" in sat  # activations clipped at ±1 (pixels reach 1.0)
@@ -367,10 +368,10 @@ def test_default_formats_train_and_narrow_formats_saturate(backbone, task):
 
 
 def test_fixed_method_is_instantft_only(backbone):
-    from instantft.methods.fixed_point import fixed_point_method
+    from instantft.methods import create
 
-    with pytest.raises(InstantFTError, match="instantft only"):
-        fixed_point_method("lora-all", backbone, FineTuneConfig())
+    with pytest.raises(InstantFTError, match="implemented for instantft"):
+        create("lora-all", backbone, FineTuneConfig(), fixed=FixedPointConfig())
 
 
 def test_cli_fixed_run_records_numerics_counters_and_memory(backbone, tmp_path, capsys):
@@ -385,7 +386,30 @@ def test_cli_fixed_run_records_numerics_counters_and_memory(backbone, tmp_path, 
     assert (fx["act_format"], fx["param_format"], fx["rounding"]) == ("Q8.16", "Q6.10", "round-half-up")
     assert "conv1.out" in fx["counters"] and fx["memory"]["total_bits"] > 0
     assert main([*common, "--method", "lora-all", "--numerics", "fixed"]) == 2
-    assert "instantft only" in capsys.readouterr().err
+    assert "implemented for instantft" in capsys.readouterr().err
+
+
+def test_fixed_point_runs_on_any_chain_backbone_and_refuses_others(task):
+    """The integer datapath is the core's op chain, not LeNet-5's: the bundled MLP runs it (and a
+    wide format tracks float InstantFT there too); a residual network is refused in one line."""
+    from instantft.methods import create
+    from instantft.models import build
+    from instantft.settings import Runtime
+
+    mlp = build("mlp-mnist").eval()
+    config = FineTuneConfig(epochs=1, seed=1, lr=0.05)
+    wide = FixedPointConfig(act_format="Q16.32", param_format="Q16.32", softmax_table_size=1 << 14,
+                            softmax_range=16.0)  # fmt: skip
+    fx = create("instantft", mlp, config, fixed=wide)
+    fl = create("instantft", mlp, config, runtime=Runtime(engine="reference"))
+    fx.fit(task.finetune)
+    fl.fit(task.finetune)
+    for name, ref in fl.trainable().items():
+        got = fx.trainable()[name]
+        assert torch.allclose(got, ref, atol=2e-3 * max(1.0, float(ref.abs().max()))), name
+    assert fx.report()["memory"]["architecture"] == "mlp-mnist"
+    with pytest.raises(InstantFTError, match="--numerics fixed runs the FPGA core's datapath, a chain"):
+        create("instantft", build("resnet8-mnist").eval(), config, fixed=FixedPointConfig())
 
 
 def test_memory_estimate_for_the_paper_formats():

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from instantft.errors import InstantFTError
 
+from . import studies_path  # noqa: F401  (the results reader lives in studies/)
 from .conftest import write_svhn_mat
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow],
@@ -292,7 +293,8 @@ RUN_KEYS = [*VALID_RUN]
 @given(runs=st.lists(st.one_of(st.just(VALID_RUN), st.tuples(st.sampled_from(RUN_KEYS), odd_values).map(
     lambda kv: {**VALID_RUN, kv[0]: kv[1]}), json_values), max_size=4) | json_values)
 def test_results_reader_on_malformed_files(runs):
-    from instantft.experiments.reproduce import load_results, run_key, summarise
+    from _common import load_results, run_key
+    from _fig7_report import summarise
 
     path = scratch() / "results.json"
     path.write_text(json.dumps(runs))

@@ -23,6 +23,8 @@ from safetensors.torch import save_file
 from instantft import fileio
 from instantft.errors import InstantFTError
 
+from . import studies_path  # noqa: F401  (the results reader lives in studies/)
+
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     from instantft.cli import main
@@ -211,7 +213,7 @@ def test_malformed_checkpoint_record_is_one_line(tmp_path: Path, mnist_backbone,
 
 
 def test_old_and_bundled_records_still_validate():
-    from instantft.experiments.reproduce import load_results
+    from _common import load_results
     from instantft.models import bundled_checkpoint, read_metadata
 
     root = Path(__file__).resolve().parents[1]
@@ -235,7 +237,7 @@ def test_old_and_bundled_records_still_validate():
     ],
 )
 def test_results_file_of_the_wrong_shape_is_one_line(tmp_path: Path, content: bytes, message: str):
-    from instantft.experiments.reproduce import load_results
+    from _common import load_results
 
     (tmp_path / "results.json").write_bytes(content)
     with pytest.raises(InstantFTError, match=message) as info:
@@ -244,7 +246,7 @@ def test_results_file_of_the_wrong_shape_is_one_line(tmp_path: Path, content: by
 
 
 def test_results_run_with_string_accuracy_is_refused(tmp_path: Path):
-    from instantft.experiments.reproduce import load_results
+    from _common import load_results
 
     run_ = {"study": "fig7", "dataset": "rotmnist", "angle": 90.0, "method": "none", "seed": 0, "samples": 10,
             "eval_samples": 10, "accuracy_before": 0.5, "accuracy_after": "0.9", "finetune_seconds": 0.0,

@@ -24,6 +24,8 @@ from instantft.stream.retention import BoundedCache, Reservoir, SlidingWindow, p
 from instantft.stream.schedule import parse_schedule
 from instantft.stream.source import StreamSet, apply_transform, build_stream
 
+from . import studies_path  # noqa: F401  (the stream study lives in studies/)
+
 
 @pytest.fixture(scope="module")
 def backbone():
@@ -266,7 +268,7 @@ def test_bad_inputs_fail_before_anything_runs(args, message, capsys, monkeypatch
 def test_missing_detector_package(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "river", None)  # import river -> ImportError
     assert stream_main(["--detector", "adwin"]) == 2
-    assert "needs the 'river' package" in capsys.readouterr().err
+    assert "needs the 'stream' extra: pip install 'instantft[stream]'" in capsys.readouterr().err
 
 
 def test_capacity_units():
@@ -278,7 +280,7 @@ def test_capacity_units():
 
 
 def test_study_summary_from_runs(backbone, tmp_path):
-    from instantft.experiments import stream_study as study
+    import stream as study  # studies/stream.py (on sys.path through tests/studies_path.py)
 
     runs = []
     for method in ("instantft", "lora-all"):

@@ -8,7 +8,8 @@
  * (the cache filled first); run: fill then every step; epochs: one fill, then the first epoch
  * `repeats` times (the training loop alone). Prints the median milliseconds of
  * `repeats` runs (default 1) and a checksum (so the work cannot be optimised away). */
-#define _POSIX_C_SOURCE 199309L
+#include "../test_dump.h" /* first: it asks for the POSIX declarations (clock_gettime too) */
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +17,6 @@
 #include <time.h>
 
 #include "../instantft.h"
-#include "../test_dump.h"
 
 static double now_ms(void)
 {
@@ -74,8 +74,8 @@ int main(int argc, char **argv)
         for (int r = 0; r < repeats; r++) {
             memcpy(A, A0, na * 4), memcpy(B, B0, nbb * 4);
             double t0 = now_ms();
-            ift_train(&ad, &cache, images, ch.in_size, keys, labels, order, offsets, 0, epoch_steps[0], ls[0], losses, 1,
-                      &status);
+            ift_train_args args = {&cache, images, ch.in_size, keys, labels, order, offsets, steps, losses, ls[0], 1};
+            ift_train(&ad, &args, 0, epoch_steps[0], &status);
             ms[r] = now_ms() - t0;
         }
         check = losses[0];
@@ -92,8 +92,8 @@ int main(int argc, char **argv)
         } else if (ift_cache_fill_chain(&cache, &ch, keys, images, N, threads)) {
             return 2;
         }
-        if (train) ift_train(&ad, &cache, images, ch.in_size, keys, labels, order, offsets, 0, last, ls[0], losses, 1,
-                             &status);
+        ift_train_args args = {&cache, images, ch.in_size, keys, labels, order, offsets, steps, losses, ls[0], 1};
+        if (train) ift_train(&ad, &args, 0, last, &status);
         ms[r] = now_ms() - t0;
         if (status) fprintf(stderr, "warning: training status %s\n", ift_strerror(status));
         check = train ? losses[last - 1] + A[0] : (nf4 ? cache.absmax[0] : cache.rows[W - 1]);

@@ -24,7 +24,7 @@
 
 #include "../instantft.h"
 #include "safetensors.h"
-#include "sha256.h"
+#include "tensor_hash.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this reader copies it as is"
@@ -242,31 +242,6 @@ static int64_t evaluate(st_file *st, const ift_chain *chain, const ift_adapters 
     return correct;
 }
 
-static int by_name(const void *a, const void *b) {
-    return strcmp(((const st_out_tensor *)a)->name, ((const st_out_tensor *)b)->name);
-}
-
-/* fileio.tensors_sha256: for each tensor in sorted name order, "name:(d0, d1):torch.float32"
- * then its bytes. (Sorts ts.) */
-static void tensors_sha256(st_out_tensor *ts, int n, char hex[65]) {
-    qsort(ts, (size_t)n, sizeof *ts, by_name);
-    sha256_ctx c;
-    sha256_init(&c);
-    for (int i = 0; i < n; i++) {
-        char head[160];
-        int len = snprintf(head, sizeof head, "%s:(", ts[i].name);
-        uint64_t numel = 1;
-        for (int d = 0; d < ts[i].ndim; d++) {
-            len += snprintf(head + len, sizeof head - (size_t)len, "%s%llu", d ? ", " : "", (unsigned long long)ts[i].shape[d]);
-            numel *= ts[i].shape[d];
-        }
-        len += snprintf(head + len, sizeof head - (size_t)len, "%s):torch.float32", ts[i].ndim == 1 ? "," : "");
-        sha256_update(&c, head, (size_t)len);
-        sha256_update(&c, ts[i].data, (size_t)numel * sizeof(float));
-    }
-    sha256_hex(&c, hex);
-}
-
 /* The adapter record: the bundle's (the JSON object `finetune --save-adapter` writes, for the
  * initial adapters, ending in "tensors_sha256": "<64 hex digits>"}) with that hash replaced by
  * the hash of the trained tensors. Anything else is refused (before any work: see main). */
@@ -390,6 +365,8 @@ int main(int argc, char **argv) {
     int64_t block = meta_int(&st, "block_size", 2, 1 << 16);
     if (block % 2) die("%s: block_size must be even", bpath);
     const char *record = meta(&st, "adapter_record");
+    /* the hash format of the record (absent: the bundle of 0.1.0, format 1); see tensor_hash.h */
+    int hash_format = st_meta_get(&st, "tensors_sha256_format") ? (int)meta_int(&st, "tensors_sha256_format", 1, 2) : 1;
     free(adapter_record(record, "0000000000000000000000000000000000000000000000000000000000000000"));
     probe_writable(apath);
     if (dump) probe_writable(dump);
@@ -407,24 +384,23 @@ int main(int argc, char **argv) {
     if (rank < 1 || rank > 4096) die("%s: adapter rank %lld out of range", bpath, (long long)rank);
     int64_t R = (rank + 3) / 4 * 4;
     float *A = calloc((size_t)(R * D), sizeof *A), *B = calloc((size_t)(C * K * R), sizeof *B);
-    if (!A || !B) die("out of memory for the adapters");
+    float **a_k = calloc((size_t)K, sizeof *a_k), **b_k = calloc((size_t)K, sizeof *b_k);
+    if (!A || !B || !a_k || !b_k) die("out of memory for the adapters");
     for (int64_t k = 0; k < K; k++) {
-        int64_t col = m.seg[4 * k + 2], d = m.tap_sizes[k];
+        int64_t d = m.tap_sizes[k];
         snprintf(name, sizeof name, "skip%lld.A", (long long)(k + 1));
-        float *a = load(&st, need(&st, name, ST_F32, 2, (int64_t[]){rank, d}));
-        check_finite(a, (size_t)(rank * d), name);
-        for (int64_t r = 0; r < rank; r++) memcpy(A + r * D + col, a + r * d, (size_t)d * sizeof *a);
-        free(a);
+        a_k[k] = load(&st, need(&st, name, ST_F32, 2, (int64_t[]){rank, d}));
+        check_finite(a_k[k], (size_t)(rank * d), name);
         snprintf(name, sizeof name, "skip%lld.B", (long long)(k + 1));
-        float *b = load(&st, need(&st, name, ST_F32, 2, (int64_t[]){C, rank}));
-        check_finite(b, (size_t)(C * rank), name);
-        for (int64_t c = 0; c < C; c++) memcpy(B + (c * K + k) * R, b + c * rank, (size_t)rank * sizeof *b);
-        free(b);
+        b_k[k] = load(&st, need(&st, name, ST_F32, 2, (int64_t[]){C, rank}));
+        check_finite(b_k[k], (size_t)(C * rank), name);
     }
     snprintf(name, sizeof name, "skip%lld.A", (long long)(K + 1));
     if (st_find(&st, name)) die("%s: %s, but the chain has %lld taps", bpath, name, (long long)K);
     ift_adapters ad = {K, R, C, D, m.seg, A, B, chain->logit_offset, (float)scale};
     if (ift_adapters_check(&ad, chain->in_size, chain->row_width) != IFT_OK) die("%s: adapters do not fit the chain", bpath);
+    if (ift_adapters_pack(&ad, rank, (const float *const *)a_k, (const float *const *)b_k) != IFT_OK)
+        die("%s: cannot pack the adapters", bpath);
 
     /* data */
     const st_tensor *fti = need(&st, "finetune.images", ST_U8, 4, (int64_t[]){-1, chain->in_c, chain->in_h, chain->in_w});
@@ -494,8 +470,8 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < N; i++) slot_of[i] = ift_cache_slot(&cache, i);
     double *losses = xmalloc((size_t)S * sizeof *losses);
     int status = IFT_OK;
-    int64_t done = ift_train(&ad, &cache, images, chain->in_size, slot_of, labels, order, offsets, 0, S, (float)lr,
-                             losses, threads, &status);
+    ift_train_args train = {&cache, images, chain->in_size, slot_of, labels, order, offsets, S, losses, (float)lr, threads};
+    int64_t done = ift_train(&ad, &train, 0, S, &status);
     double seconds = now() - t0;
     if (status == IFT_ELOSS && done > 0) {
         int64_t s = done - 1, first = s;
@@ -515,21 +491,17 @@ int main(int argc, char **argv) {
 
     /* the trained adapters, unpacked to the Python names and shapes */
     st_out_tensor *out = xmalloc((size_t)(2 * K) * sizeof *out);
-    float **bufs = xmalloc((size_t)(2 * K) * sizeof *bufs);
     char (*names)[32] = xmalloc((size_t)(2 * K) * sizeof *names);
+    if (ift_adapters_unpack(&ad, rank, a_k, b_k) != IFT_OK) die("cannot unpack the trained adapters");
     for (int64_t k = 0; k < K; k++) {
-        int64_t col = m.seg[4 * k + 2], d = m.tap_sizes[k];
-        float *a = xmalloc((size_t)(rank * d) * sizeof *a), *b = xmalloc((size_t)(C * rank) * sizeof *b);
-        for (int64_t r = 0; r < rank; r++) memcpy(a + r * d, A + r * D + col, (size_t)d * sizeof *a);
-        for (int64_t c = 0; c < C; c++) memcpy(b + c * rank, B + (c * K + k) * R, (size_t)rank * sizeof *b);
+        int64_t d = m.tap_sizes[k];
         snprintf(names[2 * k], sizeof names[0], "skip%lld.A", (long long)(k + 1));
         snprintf(names[2 * k + 1], sizeof names[0], "skip%lld.B", (long long)(k + 1));
-        bufs[2 * k] = a, bufs[2 * k + 1] = b;
-        out[2 * k] = (st_out_tensor){names[2 * k], ST_F32, 2, {(uint64_t)rank, (uint64_t)d}, a};
-        out[2 * k + 1] = (st_out_tensor){names[2 * k + 1], ST_F32, 2, {(uint64_t)C, (uint64_t)rank}, b};
+        out[2 * k] = (st_out_tensor){names[2 * k], ST_F32, 2, {(uint64_t)rank, (uint64_t)d}, a_k[k]};
+        out[2 * k + 1] = (st_out_tensor){names[2 * k + 1], ST_F32, 2, {(uint64_t)C, (uint64_t)rank}, b_k[k]};
     }
     char hex[65], err[ST_ERR_LEN];
-    tensors_sha256(out, (int)(2 * K), hex);
+    if (tensors_sha256(out, (int)(2 * K), hash_format, hex)) die("cannot hash the trained adapters");
     char *full_record = adapter_record(record, hex);
     if (st_write_atomic(apath, out, (int)(2 * K), ADAPTER_KEY, full_record, err)) die("%s", err);
     free(full_record);
@@ -555,8 +527,8 @@ int main(int argc, char **argv) {
     print_json_string(apath);
     printf("}\n");
 
-    for (int64_t i = 0; i < 2 * K; i++) free(bufs[i]);
-    free(bufs), free(out), free(names), free(losses), free(keys), free(slot_of), free(images), free(labels);
+    for (int64_t k = 0; k < K; k++) free(a_k[k]), free(b_k[k]);
+    free(a_k), free(b_k), free(out), free(names), free(losses), free(keys), free(slot_of), free(images), free(labels);
     free(eval_labels), free(offsets), free(order), free(ep32), free(A), free(B), free(bpath), free(apath);
     for (int i = 0; i < MAX_OPS; i++) free(m.weights[i]), free(m.biases[i]);
     st_close(&st);

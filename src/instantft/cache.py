@@ -17,7 +17,7 @@ drops rows explicitly with :meth:`ForwardCache.evict` (:mod:`instantft.stream` d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -138,20 +138,33 @@ class ForwardCache:
         self._slot_of[keys] = torch.arange(start, start + n)
         self._count += n
 
-    def put(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
-        """Store rows (B, width) under keys that are not yet present."""
-        if rows.shape != (len(keys), self.width):
-            raise ValueError(f"rows must be ({len(keys)}, {self.width}), got {tuple(rows.shape)}")
+    def fill(self, keys: torch.Tensor, write: Callable[[int], None]) -> None:
+        """The one way rows enter the cache: room is checked first (a fill that would not fit
+        costs nothing), ``write(start)`` stores the rows of ``keys`` in slots ``start..start+n-1``
+        (:meth:`store`, or the C chain forward writing fp32 rows / NF4 codes in place), and only
+        then are the keys recorded."""
         n = len(keys)
         self.check_room(n)
         start = self._count
+        write(start)
+        self._record(keys, start)
+
+    def store(self, rows: torch.Tensor, start: int) -> None:
+        """Write finished fp32 rows (n, width) into slots ``start..``, NF4-encoded for an NF4
+        cache; for a ``write`` of :meth:`fill`."""
+        n = len(rows)
         if self.storage == "fp32":
             self.rows[start : start + n] = rows
         else:
             q = nf4.quantize(rows, self.block_size)
             self.codes[start : start + n] = q.codes
             self.absmax[start : start + n] = q.absmax
-        self._record(keys, start)
+
+    def put(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
+        """Store rows (B, width) under keys that are not yet present."""
+        if rows.shape != (len(keys), self.width):
+            raise ValueError(f"rows must be ({len(keys)}, {self.width}), got {tuple(rows.shape)}")
+        self.fill(keys, lambda start: self.store(rows, start))
 
     def get(self, keys: torch.Tensor) -> torch.Tensor:
         """Rows (B, width) float32 for present keys (dequantised when stored as NF4)."""
@@ -177,8 +190,8 @@ class ForwardCache:
         """Drop the rows of ``keys`` (absent keys are ignored); returns how many were dropped.
 
         The freed slots are reused by compaction: the last live rows move into them, so storage
-        stays dense (slots 0..len-1) and :meth:`put` and the engine's in-place fills keep
-        appending at ``len(self)``. An evicted key that is put again is computed again."""
+        stays dense (slots 0..len-1) and :meth:`fill` keeps appending at ``len(self)``. An
+        evicted key that is put again is computed again."""
         keys = torch.unique(keys)
         slots = self.slots(keys)
         keys, slots = keys[slots >= 0], slots[slots >= 0]

@@ -18,8 +18,8 @@ from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
 from instantft.errors import InstantFTError
-from instantft.fixedpoint.formats import FixedPointConfig
-from instantft.settings import Adapters, Runtime, SettingsError, Source, Task, Training
+from instantft.fixedpoint.formats import Numerics
+from instantft.settings import Adapters, FineTuneConfig, Runtime, SettingsError, Source, Task, Training
 from instantft.stream.config import ADAPT_EPOCHS, StreamSettings
 
 __all__ = ["app", "flag", "main"]
@@ -30,10 +30,10 @@ TaskFlags = Annotated[Task, Parameter(name="*", group="Task")]
 SourceFlags = Annotated[Source, Parameter(name="*", group="Backbone")]
 TrainingFlags = Annotated[Training, Parameter(name="*", group="Training")]
 AdapterFlags = Annotated[Adapters, Parameter(name="*", group="Adapters")]
-FixedFlags = Annotated[FixedPointConfig, Parameter(name="*", group="Fixed-point numerics (instantft only)")]
+ConfigFlags = Annotated[FineTuneConfig, Parameter(name="*", group="Training and adapters")]
+NumericsFlags = Annotated[Numerics, Parameter(name="*", group="Numerics")]
 RuntimeFlags = Annotated[Runtime, Parameter(name="*", group="Runtime")]
 Json = Annotated[bool, Parameter(negative="", help="Print exactly one JSON object (no progress bar, no table).")]
-Numerics = Literal["float", "fixed"]
 
 app = App(
     name="instantft",
@@ -79,14 +79,6 @@ def _inputs(*paths: Any) -> list[Any]:
     from instantft.models.checkpoint import BUNDLED_WEIGHTS
 
     return [p for p in paths if p is not None] + sorted(BUNDLED_WEIGHTS.glob("*.safetensors"))
-
-
-def _fixed(numerics: Numerics, fixed: FixedPointConfig) -> FixedPointConfig | None:
-    if numerics == "float":
-        if fixed.model_fields_set:
-            raise SettingsError("numerics", "float takes no fixed-point option (give --numerics fixed)")
-        return None
-    return fixed
 
 
 # --- pretrain ---------------------------------------------------------------------------------
@@ -140,10 +132,8 @@ def finetune(
     method: str,
     task: TaskFlags = Task(),  # noqa: B008
     source: SourceFlags = Source(),  # noqa: B008
-    training: TrainingFlags = Training(),  # noqa: B008
-    adapters: AdapterFlags = Adapters(),  # noqa: B008
-    numerics: Numerics = "float",
-    fixed: FixedFlags = FixedPointConfig(),  # noqa: B008
+    config: ConfigFlags = FineTuneConfig(),  # noqa: B008
+    numerics: NumericsFlags = Numerics(),  # noqa: B008
     runtime: RuntimeFlags = Runtime(),  # noqa: B008
     save_adapter: Path | None = None,
     json: Json = False,
@@ -154,14 +144,12 @@ def finetune(
     ----------
     method
         none, ft-all, ft-last, ft-bias, lora-all, lora-last, skip-lora, skip2-lora or instantft.
-    numerics
-        float, or fixed: InstantFT in the FPGA core's integer arithmetic.
     save_adapter
         Write the trained tensors here (.safetensors + JSON record).
     """
     from instantft.run import prepare, provenance, run_for
 
-    run = run_for(method, task, source, training, adapters, _fixed(numerics, fixed))
+    run = run_for(method, task, source, config, numerics.fixed())
     config = run.hyper
     inputs = _inputs(source.checkpoint, source.weights, task.data)
     if save_adapter is not None:
@@ -293,7 +281,6 @@ def stream(
     plot
         Write a plot of the windowed accuracy (PNG, PDF or SVG).
     """
-    from instantft.settings import FineTuneConfig
     from instantft.stream.cli import run_command
 
     _apply(runtime)
@@ -308,8 +295,7 @@ def export(
     out: Path,
     task: TaskFlags = Task(),  # noqa: B008
     source: SourceFlags = Source(),  # noqa: B008
-    training: TrainingFlags = Training(),  # noqa: B008
-    adapters: AdapterFlags = Adapters(),  # noqa: B008
+    config: ConfigFlags = FineTuneConfig(),  # noqa: B008
     runtime: RuntimeFlags = Runtime(),  # noqa: B008
     json: Json = False,
 ) -> int:
@@ -326,7 +312,7 @@ def export(
     from instantft.run import run_for
 
     _apply(runtime)
-    summary = export_bundle(run_for(method, task, source, training, adapters), out, runtime)
+    summary = export_bundle(run_for(method, task, source, config), out, runtime)
     if json:
         print_json(summary)
     else:
@@ -337,6 +323,13 @@ def export(
             f"{summary['bundle_bytes']} bytes{note}; run: instantft-device {summary['out']}"
         )
     return 0
+
+
+# commands whose module is imported only when they run
+app.command("instantft.reproduce:reproduce", name="reproduce", help_flags=[],
+            help="Run a study of the source checkout: studies/STUDY.py [ARGS] (default fig7, the paper's figures).")
+app.command("instantft.bench:bench", name="bench",
+            help="Time the engines' fine-tunes against LoRA-All and the frozen forward, with CPU and wall time.")
 
 
 def _one_line(text: str) -> str:

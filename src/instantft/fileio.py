@@ -17,6 +17,8 @@ import math
 import os
 import re
 import stat
+import struct
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -172,14 +174,46 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def tensors_sha256(state: dict[str, Any]) -> str:
-    """A hash of a set of named tensors (names, shapes, dtypes and bytes, in sorted name order):
-    what checkpoints record of their weights and adapters of their tensors."""
+#: the hash format :func:`tensors_sha256` writes (adapter records carry it as
+#: ``tensors_sha256_format``; a record without one was hashed in format 1)
+TENSORS_SHA256_FORMAT = 2
+
+#: format 2's dtype tags: the safetensors names
+_DTYPE_TAGS = {
+    "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16",
+    "torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8", "torch.uint8": "U8",
+    "torch.bool": "BOOL",
+}  # fmt: skip
+
+
+def tensors_sha256(state: dict[str, Any], fmt: int = TENSORS_SHA256_FORMAT) -> str:
+    """The SHA-256 of a set of named tensors, what adapter records carry of their tensors; the
+    device program computes the same in C (csrc/device/tensor_hash.h).
+
+    Format 2 hashes a byte stream defined without Python: for each tensor in increasing byte
+    order of the UTF-8 names, the name bytes and a NUL, the dtype tag (the safetensors name:
+    ``F32``, ``I64``, ...) and a NUL, ndim and each dimension as little-endian uint64, then the
+    data, row-major, little-endian. Format 1 (0.1.0's, records without a format) hashed the text
+    ``f"{name}:{tuple(shape)}:{dtype}"`` then the bytes; kept so that old files still verify."""
+    import torch
+
+    if sys.byteorder != "little":
+        raise InstantFTError("tensors_sha256 hashes memory as little-endian; this machine is big-endian")
+    if fmt not in (1, 2):
+        raise InstantFTError(f"unknown tensors_sha256_format {fmt!r}; this version reads 1 and 2")
     h = hashlib.sha256()
-    for name in sorted(state):
+    for name in sorted(state, key=lambda n: n.encode()):
         t = state[name].detach().contiguous().cpu()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.numpy().tobytes())
+        if fmt == 1:
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        else:
+            tag = _DTYPE_TAGS.get(str(t.dtype))
+            if tag is None:
+                raise InstantFTError(f"tensor {name}: dtype {t.dtype} has no tensors_sha256 tag")
+            h.update(name.encode() + b"\0" + tag.encode() + b"\0")
+            h.update(struct.pack(f"<{1 + t.dim()}Q", t.dim(), *t.shape))
+        flat = t.reshape(-1)  # row-major; numpy has no bfloat16, its bits are hashed as int16
+        h.update((flat.view(torch.int16) if t.dtype == torch.bfloat16 else flat).numpy().tobytes())
     return h.hexdigest()
 
 

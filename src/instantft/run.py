@@ -18,7 +18,6 @@ from instantft.methods import DivergedError, FitResult, Method, create
 from instantft.models import ARCH_FOR_DATASET, accuracy, arch_for, bundled_checkpoint, load_checkpoint
 from instantft.settings import (
     DATASET_LR,
-    Adapters,
     FineTuneConfig,
     Runtime,
     Settings,
@@ -84,14 +83,8 @@ class Run(Settings):
         return self.config if self.config is not None else config_for(self.task.dataset)
 
 
-def run_for(
-    method: str,
-    task: Task,
-    source: Source,
-    training: Training,
-    adapters: Adapters,
-    fixed: FixedPointConfig | None = None,
-) -> Run:
+def run_for(method: str, task: Task, source: Source, config: FineTuneConfig, fixed: FixedPointConfig | None = None
+            ) -> Run:  # fmt: skip
     """The run the command line's settings name, checked before any data is read; the task's own
     learning rate applies unless one was given."""
     from instantft.methods import method_names
@@ -102,7 +95,7 @@ def run_for(
         raise SettingsError("dataset", "or --data is needed: a built-in task (rotmnist, rotfmnist, svhn) or your files")
     if source.model is not None and task.data is None:
         raise SettingsError("model", "needs --data: the built-in tasks run on the bundled backbones (--backbone)")
-    config = FineTuneConfig.of(training_for(base_dataset(task.dataset or ""), training), adapters)
+    config = training_for(base_dataset(task.dataset or ""), config)
     check_steps(config.epochs, task.finetune_samples(), config.batch_size)
     return Run(method=method, task=task, source=source, config=config, fixed=fixed)
 
@@ -136,12 +129,7 @@ def finetune(
     prepared = prepared or prepare(run.task, run.source, config, runtime)
     task = prepared.drift
     check_steps(config.epochs, len(task.finetune), config.batch_size)
-    if run.fixed is None:
-        m = create(run.method, prepared.backbone, config, runtime=runtime)
-    else:
-        from instantft.methods.fixed_point import fixed_point_method
-
-        m = fixed_point_method(run.method, prepared.backbone, config, run.fixed)
+    m = create(run.method, prepared.backbone, config, runtime=runtime, fixed=run.fixed)
     ev = task.evaluate
     with torch_threads(runtime.threads):
         before = prepared.accuracy_before

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import Self
@@ -277,8 +277,11 @@ class FineTuneConfig(Training, Adapters):
 DATASET_LR = {"svhn": 0.025, "fan-silentA": 0.03, "fan-silentB": 0.03, "fan-12cm": 0.03}
 
 
-def training_for(dataset: str | None, training: Training) -> Training:
-    """``training`` with the dataset's own learning rate, unless one was given."""
+T = TypeVar("T", bound=Training)
+
+
+def training_for(dataset: str | None, training: T) -> T:
+    """``training`` (or a config made of it) with the dataset's own learning rate, unless one was given."""
     if dataset in DATASET_LR and "lr" not in training.model_fields_set:
         return training.replace(lr=DATASET_LR[dataset])
     return training

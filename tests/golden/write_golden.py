@@ -8,7 +8,8 @@ at conversion, a 3×3/2 pool with padding, a strided conv (im2col), flatten and 
 taps (the image, two cached maps, a hidden vector), rank 3 (padded to 4), five classes, a row of
 189 values (NF4: three blocks, the last one padded), batches of 7 with a short last one.
 
-Format: :func:`instantft.engine.cengine.write_dump` (named arrays). ``python write_golden.py OUT``
+Format: :func:`instantft.engine.cengine.write_dump` (named arrays in a safetensors file, read in C
+by the device program's reader). ``python tests/golden/write_golden.py tests/golden/core_small.safetensors``
 regenerates it.
 """
 

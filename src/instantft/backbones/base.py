@@ -258,7 +258,7 @@ class Backbone:
     def fingerprint(self) -> str:
         """sha256 of the weights and buffers and of the tap layout, computed afresh on each call
         (weights changed in place give a new fingerprint, so no stale cache is reused)."""
-        weights = weights_sha256(self.model.state_dict())
+        weights = weights_sha256(self.model.state_dict(keep_vars=True))
         return hashlib.sha256(f"{weights};{self.layout_signature()}".encode()).hexdigest()
 
     def require_taps(self, who: str) -> None:

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 
 from instantft.data import files
 from instantft.data.readers import read_idx_pair, read_svhn_mat
+from instantft.digest import cached_digest
 from instantft.errors import InstantFTError
+from instantft.settings import TASK_SAMPLES
 
 BASE_DATASETS = ("mnist", "fmnist", "svhn")
 DRIFT_DATASETS = ("rotmnist", "rotfmnist", "svhn")
@@ -45,13 +47,18 @@ class ImageSet:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the content: what the Forward Cache checks its entries against.
-        Recomputed on every access (a few ms for a fine-tuning set), so images or labels changed
+        """A short hash of the content: what the Forward Cache checks its entries against. Hashed
+        once while the tensors are unchanged (:mod:`instantft.digest`), so images or labels changed
         in place are seen and never served stale activations."""
-        h = hashlib.sha256()
-        for t in (self.images, self.labels, self.indices):
-            h.update(t.contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        tensors = (self.images, self.labels, self.indices)
+
+        def compute() -> str:
+            h = hashlib.sha256()
+            for t in tensors:
+                h.update(t.contiguous().numpy().tobytes())
+            return h.hexdigest()[:16]
+
+        return cached_digest("imageset", tensors, compute)
 
     def subset(self, rows: torch.Tensor | slice, name: str | None = None) -> ImageSet:
         return ImageSet(name or self.name, self.images[rows], self.labels[rows], self.indices[rows])
@@ -115,7 +122,7 @@ def make_task(
     dataset: str,
     *,
     angle: float | None = None,
-    samples: int | None = 1024,
+    samples: int | None = TASK_SAMPLES,
     seed: int = 0,
     eval_samples: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
@@ -136,7 +143,7 @@ def make_task(
         from instantft.data.fan import fan_task
 
         return fan_task(dataset, samples=samples, seed=seed, eval_samples=eval_samples, data_dir=data_dir)
-    samples = 1024 if samples is None else samples
+    samples = TASK_SAMPLES if samples is None else samples
     if angle is not None and not math.isfinite(angle):
         raise InstantFTError(f"--angle must be a finite number of degrees, got {angle}")
     if dataset in ("rotmnist", "rotfmnist"):

@@ -21,7 +21,9 @@ Metadata strings: ``format``, ``method``, ``storage`` (fp32 / nf4), ``lr``, ``sc
 ``block_size`` (numbers as Python's ``repr``, so ``strtod`` reads back the same double), and
 ``adapter_record``: the JSON record ``instantft finetune --save-adapter`` would write for this run
 (of the initial adapters, ``tensors_sha256`` last), which the device copies into its
-``adapter.safetensors`` with that hash replaced by the hash of the tensors it trained.
+``adapter.safetensors`` with that hash replaced by the hash of the tensors it trained, and
+``tensors_sha256_format``: the format of that hash (:func:`instantft.fileio.tensors_sha256`;
+absent in bundles of 0.1.0, which the device then hashes in format 1).
 
 Pixels "as uint8": the source files are uint8 and Python trains on ``uint8 / 255``, but the drift
 tasks rotate in float (bilinear), so a rotated pixel is not a multiple of 1/255 in general. The
@@ -175,6 +177,9 @@ def build_bundle(run: Run, runtime: Runtime | None = None) -> Bundle:
         "scale": repr(float(config.scale)),
         "block_size": str(nf4.BLOCK_SIZE),
         "adapter_record": json.dumps(record),
+        # which tensors_sha256 the device writes into the record (csrc/device/tensor_hash.h);
+        # a bundle without it (0.1.0) gets format 1, as its record says by saying nothing
+        "tensors_sha256_format": str(record.get("tensors_sha256_format", 1)),
     }
     sizes = list(method.backbone.sizes)
     width = sum(method.backbone.cache_sizes)

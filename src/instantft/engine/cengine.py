@@ -3,8 +3,9 @@
 The shared library is compiled when the package is installed (``setup.py`` builds it as the
 extension ``instantft._cinstantft``; it has no Python entry point, only the C functions of
 ``csrc/instantft.h``), so nothing is ever compiled at run time. Every function here takes numpy
-arrays (C-contiguous, the dtypes the C side expects, checked) and mirrors one numba kernel of
-:mod:`instantft.engine.kernels`: the same arguments and the same results, to float rounding.
+arrays (C-contiguous, the dtypes the C side expects, checked). The ctypes structures mirror the C
+structs; at load they are compared with the library's own sizes and field offsets
+(``ift_layout_info``), and a library that differs is refused.
 """
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ import ctypes
 import functools
 import importlib.util
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+
+from instantft.errors import InstantFTError
+
+if TYPE_CHECKING:
+    from instantft.cache import ForwardCache
+    from instantft.engine.layout import Layout
 
 #: must equal IFT_ABI_VERSION of the library
-ABI_VERSION = 1
+ABI_VERSION = 2
 OK, EINVAL, ENOMEM, EFULL, EKEY, ELOSS, EPARAM = 0, -1, -2, -3, -4, -5, -6
 FP32, NF4 = 0, 1
 OP_CONV2D, OP_RELU, OP_MAXPOOL, OP_FLATTEN, OP_LINEAR = 1, 2, 3, 4, 5
@@ -80,6 +87,63 @@ class _Adapters(ctypes.Structure):
     ]
 
 
+class _TrainArgs(ctypes.Structure):
+    _fields_ = [
+        ("cache", ctypes.POINTER(_Cache)),
+        ("images", _f32p),
+        ("image_width", ctypes.c_int64),
+        *((n, _i64p) for n in ("slot_of", "labels", "order", "offsets")),
+        ("n_steps", ctypes.c_int64),
+        ("losses", _f64p),
+        ("lr", ctypes.c_float),
+        ("threads", ctypes.c_int32),
+    ]
+
+
+#: the C structs this module mirrors, by their C name (checked against ift_layout_info at load)
+STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "ift_op": _Op,
+    "ift_chain": _Chain,
+    "ift_cache": _Cache,
+    "ift_adapters": _Adapters,
+    "ift_train_args": _TrainArgs,
+}
+
+
+def python_layout() -> dict[str, tuple[int, list[tuple[str, int]]]]:
+    """{struct: (size, [(field, offset), ...])} of the ctypes mirrors."""
+    return {
+        name: (ctypes.sizeof(cls), [(f[0], getattr(cls, f[0]).offset) for f in cls._fields_])
+        for name, cls in STRUCTS.items()
+    }
+
+
+def parse_layout(info: str) -> dict[str, tuple[int, list[tuple[str, int]]]]:
+    """``ift_layout_info()``'s text as :func:`python_layout` gives it."""
+    out = {}
+    for line in info.strip().splitlines():
+        name, size, *fields = line.split()
+        out[name] = (int(size), [(f.split(":")[0], int(f.split(":")[1])) for f in fields])
+    return out
+
+
+class LayoutMismatch(RuntimeError):
+    """The library's structs are not laid out as this module's ctypes mirrors."""
+
+
+def check_layout(lib: ctypes.CDLL, path: str) -> None:
+    """Refuse a library whose struct sizes or field offsets differ from the ctypes mirrors (a
+    library built from other sources, or by a compiler with other alignment rules)."""
+    got, want = parse_layout(lib.ift_layout_info().decode()), python_layout()
+    bad = [name for name in want if got.get(name) != want[name]]
+    if bad:
+        first = bad[0]
+        raise LayoutMismatch(
+            f"the C core at {path} does not match instantft.engine.cengine: struct {first} is "
+            f"{got.get(first)} in the library, {want[first]} in Python (reinstall: pip install -e .)"
+        )
+
+
 def library_path() -> str | None:
     """Where the installed shared library is (found without importing it: it is not a module)."""
     override = os.environ.get("INSTANTFT_CLIB")
@@ -106,25 +170,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         "ift_chain_fill_nf4": (c_int, [ctypes.POINTER(_Chain), _f32p, i64, i64, _u8p, _f32p, c_int]),
         "ift_predict": (c_int, [ctypes.POINTER(_Chain), ctypes.POINTER(_Adapters), _f32p, i64, _f32p, c_int]),
         "ift_adapters_logits": (None, [ctypes.POINTER(_Adapters), _f32p, _f32p, _f32p]),
-        "ift_train": (
-            i64,
-            [
-                ctypes.POINTER(_Adapters),
-                ctypes.POINTER(_Cache),
-                _f32p,
-                i64,
-                _i64p,
-                _i64p,
-                _i64p,
-                _i64p,
-                i64,
-                i64,
-                ctypes.c_float,
-                _f64p,
-                c_int,
-                ctypes.POINTER(c_int),
-            ],
-        ),
+        "ift_train": (i64, [ctypes.POINTER(_Adapters), ctypes.POINTER(_TrainArgs), i64, i64, ctypes.POINTER(c_int)]),
+        "ift_adapters_pack": (c_int, [ctypes.POINTER(_Adapters), i64, ctypes.POINTER(_f32p), ctypes.POINTER(_f32p)]),
+        "ift_adapters_unpack": (c_int, [ctypes.POINTER(_Adapters), i64, ctypes.POINTER(_f32p), ctypes.POINTER(_f32p)]),
+        "ift_layout_info": (ctypes.c_char_p, []),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -133,20 +182,32 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The loaded C core, or None when it was not built (no C compiler at install time)."""
+    """The loaded C core, or None when it was not built (no C compiler at install time). A library
+    that is there but from other sources (another ABI version, structs laid out otherwise than
+    the ctypes mirrors here) is refused with one error: an install to redo, not a fallback."""
     path = library_path()
     if path is None or not os.path.exists(path):
         return None
-    # OpenMP threads that finish early sleep instead of spinning: on a shared machine a spinning
-    # thread takes the core its partner needs (measured here: 2-thread fill 74 -> 48 ms at load 12)
+    # OpenMP threads that finish early sleep instead of spinning: a spinning thread takes the
+    # core another process on the machine needs
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         lib = ctypes.CDLL(path)
-        _declare(lib)
+        lib.ift_abi_version.restype, lib.ift_abi_version.argtypes = ctypes.c_int, []
+        version = lib.ift_abi_version()
     except (OSError, AttributeError):
         return None
-    if lib.ift_abi_version() != ABI_VERSION:
-        return None
+    if version != ABI_VERSION:
+        raise InstantFTError(f"the C core at {path} has ABI version {version}, this package needs {ABI_VERSION} "
+                             "(reinstall: pip install -e .)")  # fmt: skip
+    try:
+        _declare(lib)
+    except AttributeError as exc:
+        raise InstantFTError(f"the C core at {path} lacks a function ({exc}); reinstall: pip install -e .") from None
+    try:
+        check_layout(lib, path)
+    except LayoutMismatch as exc:
+        raise InstantFTError(str(exc)) from None
     return lib
 
 
@@ -189,7 +250,7 @@ def _u8(a: np.ndarray, name: str, writable: bool = False) -> Any:
 # --- NF4 ----------------------------------------------------------------------------------------
 def encode_nf4(rows: np.ndarray, block_size: int, codes: np.ndarray, absmax: np.ndarray) -> None:
     """Quantise fp32 rows (n, w) into codes (n, blocks·block_size/2) and absmax (n, blocks),
-    bit-identical to :func:`instantft.nf4.quantize` (as :func:`kernels.encode_nf4`)."""
+    bit-identical to :func:`instantft.nf4.quantize`."""
     n, w = rows.shape
     nb = -(-w // block_size)
     if codes.shape != (n, nb * block_size // 2) or absmax.shape != (n, nb) or block_size % 2:
@@ -283,7 +344,7 @@ class Chain:
         return x
 
     def fill(self, images: np.ndarray, rows: np.ndarray, threads: int = 1) -> None:
-        """rows (n, row_width) float32 = the cache rows of ``images`` (as :func:`kernels.fill_rows`)."""
+        """rows (n, row_width) float32 = the cache rows of ``images``."""
         x = self._images(images)
         if rows.shape != (len(x), self.row_width):
             raise ValueError(f"rows must be ({len(x)}, {self.row_width}), got {rows.shape}")
@@ -296,7 +357,7 @@ class Chain:
     def fill_nf4(
         self, images: np.ndarray, block_size: int, codes: np.ndarray, absmax: np.ndarray, threads: int = 1
     ) -> None:
-        """The NF4 cache rows of ``images``, encoded row by row (as :func:`kernels.fill_rows_nf4`)."""
+        """The NF4 cache rows of ``images``, encoded row by row."""
         x = self._images(images)
         nb = -(-self.row_width // block_size)
         if codes.shape != (len(x), nb * block_size // 2) or absmax.shape != (len(x), nb):
@@ -312,6 +373,18 @@ class Chain:
         )
         if rc != OK:
             raise ValueError(f"C NF4 fill failed: {_lib().ift_strerror(rc).decode()}")
+
+    def fill_cache_slots(self, cache: ForwardCache, start: int, images: np.ndarray, threads: int = 1) -> None:
+        """The rows of ``images`` straight into ``cache``'s slots ``start..`` (fp32 rows, or NF4
+        codes and absmax): a ``write`` of :meth:`instantft.cache.ForwardCache.fill`."""
+        n = len(images)
+        if cache.width != self.row_width:
+            raise ValueError(f"the cache holds rows of {cache.width} values, the chain writes {self.row_width}")
+        if cache.storage == "fp32":
+            self.fill(images, cache.rows[start : start + n].numpy(), threads)
+        else:
+            codes, absmax = cache.codes[start : start + n].numpy(), cache.absmax[start : start + n].numpy()
+            self.fill_nf4(images, cache.block_size, codes, absmax, threads)
 
     def rows(self, images: np.ndarray, threads: int = 1) -> np.ndarray:
         out = np.empty((len(images), self.row_width), np.float32)
@@ -333,9 +406,12 @@ class Chain:
 
 # --- adapters and training ----------------------------------------------------------------------
 class Adapters:
-    """A view of packed A (R', D) and B (C, K, R') float32 arrays (trained in place) and the segments."""
+    """Packed A (R', D) and B (C, K, R') float32 arrays (trained in place), their segments, and
+    the ``ift_adapters`` struct that points at them."""
 
-    def __init__(self, A: np.ndarray, B: np.ndarray, seg: np.ndarray, logit_offset: int, scale: float) -> None:
+    def __init__(self, A: np.ndarray, B: np.ndarray, seg: np.ndarray, logit_offset: int, scale: float,
+                 rank: int | None = None) -> None:  # fmt: skip
+        """``rank``: the adapters' own rank (R' rounded it up to a multiple of 4; default R')."""
         C, K, R = B.shape
         if A.shape[0] != R or seg.shape != (K, 4) or R % 4:
             raise ValueError(f"A {A.shape}, B {B.shape} and segments {seg.shape} do not match (R' a multiple of 4)")
@@ -343,142 +419,136 @@ class Adapters:
         self.struct = _Adapters(
             K, R, C, A.shape[1], _i64(self.seg, "seg"), _f32(A, "A", True), _f32(B, "B", True), logit_offset, scale
         )
+        self.rank = R if rank is None else rank
+
+    @classmethod
+    def pack(cls, layout: Layout, A: list[torch.Tensor], B: list[torch.Tensor], scale: float) -> Adapters:
+        """The adapters' own tensors (A_k rank × d_k, B_k C × rank) packed by the C core
+        (``ift_adapters_pack``, the device program's packing too)."""
+        R, K = layout.padded_rank, len(layout.sizes)
+        packed = cls(np.empty((R, layout.total_inputs), np.float32), np.empty((layout.num_classes, K, R), np.float32),
+                     layout.segments(), layout.logit_offset, scale, layout.rank)  # fmt: skip
+        a = [np.ascontiguousarray(t.detach().numpy(), dtype=np.float32) for t in A]
+        b = [np.ascontiguousarray(t.detach().numpy(), dtype=np.float32) for t in B]
+        packed._check_parts(a, b)
+        if _lib().ift_adapters_pack(ctypes.byref(packed.struct), layout.rank, _ptrs(a, False), _ptrs(b, False)) != OK:
+            raise ValueError("ift_adapters_pack rejected the adapters")
+        return packed
+
+    def unpack(self, A: list[torch.Tensor], B: list[torch.Tensor]) -> None:
+        """Copy the packed arrays back into the adapters' own tensors (in place, ``ift_adapters_unpack``)."""
+        a = [np.empty(tuple(t.shape), np.float32) for t in A]
+        b = [np.empty(tuple(t.shape), np.float32) for t in B]
+        self._check_parts(a, b)
+        if _lib().ift_adapters_unpack(ctypes.byref(self.struct), self.rank, _ptrs(a, True), _ptrs(b, True)) != OK:
+            raise ValueError("ift_adapters_unpack rejected the adapters")
+        with torch.no_grad():
+            for dst, src in zip([*A, *B], [*a, *b], strict=True):
+                dst.copy_(torch.from_numpy(src))
+
+    def _check_parts(self, a: list[np.ndarray], b: list[np.ndarray]) -> None:
+        C, K, _ = self.B.shape
+        sizes = self.seg[:, 3].tolist()
+        if [x.shape for x in a] != [(self.rank, d) for d in sizes] or [x.shape for x in b] != [(C, self.rank)] * K:
+            raise ValueError("the adapters' tensors do not match the packed layout")
 
 
-def _cache_view(
-    storage: int,
-    width: int,
-    rows: np.ndarray | None = None,
-    codes: np.ndarray | None = None,
-    absmax: np.ndarray | None = None,
-    block_size: int = 0,
-) -> _Cache:
-    view = _Cache()
-    view.storage, view.width = storage, width
-    if storage == FP32:
-        assert rows is not None
-        view.rows, view.capacity = _f32(rows, "rows"), len(rows)
-    else:
-        assert codes is not None and absmax is not None
-        view.codes, view.absmax, view.capacity = _u8(codes, "codes"), _f32(absmax, "absmax"), len(codes)
-        view.block_size, view.blocks = block_size, absmax.shape[1]
-    view.count = view.capacity
-    return view
+def _ptrs(arrays: list[np.ndarray], writable: bool) -> Any:
+    out = (_f32p * len(arrays))()
+    for i, a in enumerate(arrays):
+        out[i] = _f32(a, "adapter", writable)
+    return out
 
 
-def train(
-    view: _Cache,
-    images: np.ndarray | None,
-    slot_of: np.ndarray,
-    labels: np.ndarray,
-    order: np.ndarray,
-    offsets: np.ndarray,
-    first: int,
-    last: int,
-    A: np.ndarray,
-    B: np.ndarray,
-    seg: np.ndarray,
-    logit_off: int,
-    lr: float,
-    scale: float,
-    losses: np.ndarray,
-    threads: int = 1,
-) -> tuple[int, int]:
-    """Steps ``first..last-1``; returns (steps done, status): ``OK``, ``ELOSS`` (stopped after the
-    first non-finite loss) or ``EPARAM`` (A or B non-finite after the last update)."""
-    if last > len(offsets) - 1 or first < 0 or losses.shape[0] < last:
-        raise ValueError("first/last outside the schedule or losses too short")
-    ad = Adapters(A, B, seg, logit_off, scale)
-    if losses.dtype != np.float64:
-        raise ValueError("losses must be float64")
-    x = None if images is None else np.ascontiguousarray(images, dtype=np.float32).reshape(len(images), -1)
-    status = ctypes.c_int(EINVAL)
-    labels64 = np.ascontiguousarray(labels, dtype=np.int64)
-    done = _lib().ift_train(
-        ctypes.byref(ad.struct),
-        ctypes.byref(view),
-        _f32(x, "images"),
-        0 if x is None else x.shape[1],
-        _i64(np.ascontiguousarray(slot_of, dtype=np.int64), "slot_of"),
-        _i64(labels64, "labels"),
-        _i64(np.ascontiguousarray(order, dtype=np.int64), "order"),
-        _i64(np.ascontiguousarray(offsets, dtype=np.int64), "offsets"),
-        first,
-        last,
-        lr,
-        _ptr(losses, np.float64, ctypes.c_double, "losses", True),
-        threads,
-        ctypes.byref(status),
-    )
-    if status.value == EINVAL:
-        raise ValueError("ift_train rejected its arguments (segments, shapes or schedule)")
-    if status.value == ENOMEM:
-        raise MemoryError("ift_train: out of memory")
-    return int(done), int(status.value)
+class CacheView:
+    """An ``ift_cache`` view of a :class:`instantft.cache.ForwardCache`'s storage (the arrays
+    kept alive here)."""
+
+    def __init__(self, storage: int, width: int, rows: np.ndarray | None = None, codes: np.ndarray | None = None,
+                 absmax: np.ndarray | None = None, block_size: int = 0) -> None:  # fmt: skip
+        self.arrays = (rows, codes, absmax)
+        view = self.struct = _Cache()
+        view.storage, view.width = storage, width
+        if storage == FP32:
+            assert rows is not None
+            view.rows, view.capacity = _f32(rows, "rows"), len(rows)
+        else:
+            assert codes is not None and absmax is not None
+            view.codes, view.absmax, view.capacity = _u8(codes, "codes"), _f32(absmax, "absmax"), len(codes)
+            view.block_size, view.blocks = block_size, absmax.shape[1]
+        view.count = view.capacity
+
+    @classmethod
+    def of(cls, cache: ForwardCache) -> CacheView:
+        if cache.storage == "fp32":
+            return cls(FP32, cache.width, rows=cache.rows.numpy())
+        return cls(NF4, cache.width, codes=cache.codes.numpy(), absmax=cache.absmax.numpy(),
+                   block_size=cache.block_size)  # fmt: skip
 
 
-Array = np.ndarray
+class Training:
+    """One run's ``ift_train_args``: the cache, the data rows, the schedule (step s trains on
+    rows ``order[offsets[s]:offsets[s+1]]``), where the losses go, the learning rate."""
 
+    def __init__(
+        self,
+        cache: CacheView,
+        images: np.ndarray | None,
+        slot_of: np.ndarray,
+        labels: np.ndarray,
+        order: np.ndarray,
+        offsets: np.ndarray,
+        losses: np.ndarray,
+        lr: float,
+        threads: int = 1,
+    ) -> None:
+        if losses.dtype != np.float64 or losses.shape[0] < len(offsets) - 1:
+            raise ValueError("losses must be float64 with one entry per step")
+        x = None if images is None else np.ascontiguousarray(images, dtype=np.float32).reshape(len(images), -1)
+        keep = [np.ascontiguousarray(a, dtype=np.int64) for a in (slot_of, labels, order, offsets)]
+        self._keep = (cache, x, keep, losses)
+        self.struct = _TrainArgs(
+            ctypes.pointer(cache.struct), _f32(x, "images"), 0 if x is None else x.shape[1],
+            *(_i64(a, name) for a, name in zip(keep, ("slot_of", "labels", "order", "offsets"), strict=True)),
+            len(offsets) - 1, _ptr(losses, np.float64, ctypes.c_double, "losses", True), lr, threads,
+        )  # fmt: skip
 
-def train_fp32(
-    images: Array | None, rows: Array, slot_of: Array, labels: Array, order: Array, offsets: Array, first: int,
-    last: int, A: Array, B: Array, seg: Array, logit_off: int, lr: float, scale: float, losses: Array,
-    threads: int = 1,
-) -> int:  # fmt: skip
-    """:func:`kernels.train_fp32` on the C core: steps done (stops after a non-finite loss)."""
-    view = _cache_view(FP32, rows.shape[1], rows=rows)
-    args = (slot_of, labels, order, offsets, first, last, A, B, seg, logit_off, lr, scale, losses, threads)
-    return train(view, images, *args)[0]
-
-
-def train_nf4(
-    images: Array | None, codes: Array, absmax: Array, block_size: int, slot_of: Array, labels: Array, order: Array,
-    offsets: Array, first: int, last: int, A: Array, B: Array, seg: Array, logit_off: int, lr: float, scale: float,
-    losses: Array, threads: int = 1,
-) -> int:  # fmt: skip
-    """:func:`kernels.train_nf4` on the C core (NF4 rows dequantised per step, bit-identical)."""
-    view = _cache_view(NF4, absmax.shape[1] * block_size, codes=codes, absmax=absmax, block_size=block_size)
-    args = (slot_of, labels, order, offsets, first, last, A, B, seg, logit_off, lr, scale, losses, threads)
-    return train(view, images, *args)[0]
+    def steps(self, adapters: Adapters, first: int, last: int) -> tuple[int, int]:
+        """Steps ``first..last-1``; returns (steps done, status): ``OK``, ``ELOSS`` (stopped after
+        the first non-finite loss) or ``EPARAM`` (A or B non-finite after the last update)."""
+        status = ctypes.c_int(EINVAL)
+        done = _lib().ift_train(ctypes.byref(adapters.struct), ctypes.byref(self.struct), first, last,
+                                ctypes.byref(status))  # fmt: skip
+        if status.value == EINVAL:
+            raise ValueError("ift_train rejected its arguments (segments, shapes or schedule)")
+        if status.value == ENOMEM:
+            raise MemoryError("ift_train: out of memory")
+        return int(done), int(status.value)
 
 
 # --- dumps for the C test and bench programs ----------------------------------------------------
-#: named arrays, as csrc/test_core.c and csrc/bench/bench_core.c read them (little-endian): the magic,
-#: then per array a u32 name length, the name, a u8 dtype code, a u64 count and the values
-DUMP_MAGIC = b"IFTGOLD1"
-DUMP_DTYPES: dict[np.dtype[Any], int] = {
-    np.dtype(np.float32): 0,
-    np.dtype(np.int64): 1,
-    np.dtype(np.uint8): 2,
-    np.dtype(np.float64): 3,
-}
+#: named arrays for csrc/test_core.c and csrc/bench/bench_core.c: a safetensors file (read there
+#: with the device program's reader) of float32, int64, uint8 and float64 tensors
+DUMP_FORMAT = "instantft-dump/2"
+DUMP_DTYPES = (np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.uint8), np.dtype(np.float64))
 
 
 def write_dump(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:
-        f.write(DUMP_MAGIC)
-        for name, a in arrays.items():
-            a = np.ascontiguousarray(a)
-            f.write(struct.pack("<I", len(name)) + name.encode())
-            f.write(struct.pack("<BQ", DUMP_DTYPES[a.dtype], a.size))
-            f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+    from safetensors.numpy import save_file
+
+    for name, a in arrays.items():
+        if a.dtype not in DUMP_DTYPES:
+            raise ValueError(f"{name}: dtype {a.dtype} is not one the C programs read")
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata={"format": DUMP_FORMAT})
 
 
 def read_dump(path: Path) -> dict[str, np.ndarray]:
-    data = Path(path).read_bytes()
-    if not data.startswith(DUMP_MAGIC):
-        raise ValueError(f"{path}: not an instantft array dump")
-    pos, out = len(DUMP_MAGIC), {}
-    inverse: dict[int, np.dtype[Any]] = {v: k for k, v in DUMP_DTYPES.items()}
-    while pos < len(data):
-        (n,) = struct.unpack_from("<I", data, pos)
-        name = data[pos + 4 : pos + 4 + n].decode()
-        code, count = struct.unpack_from("<BQ", data, pos + 4 + n)
-        pos += 4 + n + 9
-        dt = inverse[code].newbyteorder("<")
-        out[name] = np.frombuffer(data, dt, count, pos).copy()
-        pos += count * dt.itemsize
-    return out
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        if (f.metadata() or {}).get("format") != DUMP_FORMAT:
+            raise ValueError(f"{path}: not an instantft array dump ({DUMP_FORMAT})")
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
 
 
 def chain_arrays(chain: Chain) -> dict[str, np.ndarray]:
@@ -496,8 +566,10 @@ def chain_arrays(chain: Chain) -> dict[str, np.ndarray]:
 
 __all__ = [
     "Adapters",
+    "CacheView",
     "Chain",
     "ChainOp",
+    "Training",
     "available",
     "build_info",
     "chain_arrays",
@@ -505,8 +577,5 @@ __all__ = [
     "encode_nf4",
     "library",
     "read_dump",
-    "train",
-    "train_fp32",
-    "train_nf4",
     "write_dump",
 ]

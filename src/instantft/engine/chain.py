@@ -21,11 +21,8 @@ import torch
 from torch import nn
 
 from instantft.backbones import Backbone
-from instantft.cache import ForwardCache
 from instantft.engine import cengine
 from instantft.engine.cengine import ChainOp
-from instantft.engine.fill import torch_rows_into
-from instantft.engine.store import FastForwardCache
 from instantft.models.fan import Standardize
 from instantft.models.lenet import LeNet5
 from instantft.models.mlp import MLP
@@ -197,6 +194,17 @@ def _place_taps(entries: list[_Entry], backbone: Backbone) -> list[ChainOp] | No
     return ops
 
 
+def chain_entries(backbone: Backbone) -> list[tuple[str, ChainOp]] | None:
+    """The backbone as named ops with its taps placed, in Python alone (the C library need not be
+    built): what the C core runs, and what the fixed-point datapath emulates; None if not a chain."""
+    entries = _entries(backbone.model)
+    ops = None if entries is None else _place_taps(entries, backbone)
+    if entries is None or ops is None:
+        return None
+    names = [e.name for e in entries if e.op.kind != 0]  # _place_taps drops the folded BatchNorms
+    return list(zip(names, ops, strict=True))
+
+
 def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
     if len(shape) == 3:
         return (int(shape[0]), int(shape[1]), int(shape[2]))
@@ -257,50 +265,6 @@ def cached_chain(backbone: Backbone, fingerprint: str) -> cengine.Chain | None:
     return _CHAINS[fingerprint]
 
 
-@torch.no_grad()
-def c_rows(backbone: Backbone, images: torch.Tensor, fingerprint: str) -> torch.Tensor:
-    """The cache rows of ``images``: the C chain forward, or the backbone's torch forward when it
-    is not a chain."""
-    chain = cached_chain(backbone, fingerprint)
-    if chain is None:
-        out = torch.empty(len(images), sum(backbone.cache_sizes))
-        torch_rows_into(backbone, images, out)
-        return out
-    return torch.from_numpy(chain.rows(images.numpy(), torch.get_num_threads()))
-
-
-@torch.no_grad()
-def c_fill_cache(
-    backbone: Backbone, cache: ForwardCache, keys: torch.Tensor, images: torch.Tensor, fingerprint: str
-) -> None:
-    """Store the rows of ``images`` under ``keys`` with the C core: a chain backbone's forward runs
-    in C straight into the cache storage (NF4 encoded row by row, over torch's thread count);
-    another backbone's rows come from its torch forward and are NF4-encoded in C."""
-    x = images.contiguous()
-    threads = torch.get_num_threads()
-    chain = cached_chain(backbone, fingerprint)
-    if not isinstance(cache, FastForwardCache):  # a cache made by the reference loop: its own put
-        cache.put(keys, c_rows(backbone, x, fingerprint))
-        return
-
-    def write(start: int) -> None:
-        n = len(x)
-        if cache.storage == "fp32":
-            rows = cache.rows[start : start + n].numpy()
-            if chain is not None:
-                chain.fill(x.numpy(), rows, threads)
-            else:
-                torch_rows_into(backbone, x, cache.rows[start : start + n])
-            return
-        codes, absmax = cache.codes[start : start + n].numpy(), cache.absmax[start : start + n].numpy()
-        if chain is not None:
-            chain.fill_nf4(x.numpy(), cache.block_size, codes, absmax, threads)
-        else:
-            cengine.encode_nf4(c_rows(backbone, x, fingerprint).numpy(), cache.block_size, codes, absmax)
-
-    cache.fill_slots(keys, write)
-
-
 def flops_per_sample(chain: cengine.Chain) -> int:
     """Multiply-adds ×2 of the chain's convs and linears (for the bench's FLOP limit)."""
     total = 0
@@ -312,4 +276,4 @@ def flops_per_sample(chain: cengine.Chain) -> int:
     return total
 
 
-__all__ = ["c_fill_cache", "c_rows", "cached_chain", "chain_for", "flops_per_sample"]
+__all__ = ["cached_chain", "chain_for", "flops_per_sample"]

@@ -1,9 +1,10 @@
-"""How the skip adapters are packed for the fast loops.
+"""How the skip adapters are packed for the C core.
 
 All A_k sit side by side in one matrix ``A`` (R × Σ d_k) and all B_k in one (C, K, R) array, so
 a step is a handful of loops (or matmuls) over contiguous memory. The rank is padded to a
 multiple of 4 with zero rows of A and zero columns of B: those give h = 0, so their gradients are
-exactly zero and they stay zero, while the compiled micro-kernels always see 4 ranks.
+exactly zero and they stay zero, while the C micro-kernels always see 4 ranks. The packing itself is
+the C core's ``ift_adapters_pack`` (:meth:`instantft.engine.cengine.Adapters.pack`).
 
 Each adapter reads its input either from the data row (a tap that is the model input, such as
 LeNet-5's x0) or from a slice of the Forward Cache row ``[cached taps | f(x)]``.
@@ -82,16 +83,16 @@ class Layout:
         ).reshape(-1, 4)
 
     def pack(self, A: list[torch.Tensor], B: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The adapters' tensors copied into a packed A (R', D) and B (C, K, R'), R' the padded rank."""
-        a = torch.zeros(self.padded_rank, self.total_inputs)
-        b = torch.zeros(self.num_classes, len(self.sizes), self.padded_rank)
-        for k, ((lo, hi), ak, bk) in enumerate(zip(self.columns, A, B, strict=True)):
-            a[: self.rank, lo:hi] = ak
-            b[:, k, : self.rank] = bk
-        return a, b
+        """The adapters' tensors copied into a packed A (R', D) and B (C, K, R'), R' the padded
+        rank, by the C core's ``ift_adapters_pack`` (the one packing, the device program's too)."""
+        from instantft.engine import cengine
+
+        packed = cengine.Adapters.pack(self, A, B, 1.0)
+        return torch.from_numpy(packed.A), torch.from_numpy(packed.B)
 
     def unpack(self, a: torch.Tensor, b: torch.Tensor, A: list[torch.Tensor], B: list[torch.Tensor]) -> None:
-        """Copy the packed tensors back into the adapters' own (in place)."""
-        for k, ((lo, hi), ak, bk) in enumerate(zip(self.columns, A, B, strict=True)):
-            ak.copy_(a[: self.rank, lo:hi])
-            bk.copy_(b[:, k, : self.rank])
+        """Copy the packed tensors back into the adapters' own (in place, ``ift_adapters_unpack``)."""
+        from instantft.engine import cengine
+
+        a_np, b_np = a.contiguous().numpy(), b.contiguous().numpy()
+        cengine.Adapters(a_np, b_np, self.segments(), self.logit_offset, 1.0, self.rank).unpack(A, B)

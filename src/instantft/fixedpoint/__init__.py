@@ -4,8 +4,8 @@
 - :mod:`.ops`: the primitives on int64 words (convert, multiply, MAC, shift/round, saturate) and
   the saturation/underflow :class:`~.ops.Counters`;
 - :mod:`.softmax`: the lookup-table softmax; :mod:`.nf4_codec`: the cache Quant/Dequant;
-- :mod:`.lenet`: the frozen backbone's integer forward (the method that trains in these numerics is
-  :mod:`instantft.methods.fixed_point`);
+- :mod:`.chain`: the frozen backbone's integer forward, for any chain the C core expresses (the
+  method that trains in these numerics is :mod:`instantft.methods.fixed_point`);
 - :mod:`.memory`: the on-chip memory estimate for the chosen formats.
 
 Only the torch-free formats are imported here, so ``instantft --help`` stays fast.

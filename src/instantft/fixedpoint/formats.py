@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator
 
 from instantft.errors import InstantFTError
-from instantft.settings import Settings
+from instantft.settings import Settings, SettingsError
 
 Rounding = Literal["round-half-up", "truncate"]
 ROUNDINGS: tuple[Rounding, ...] = ("round-half-up", "truncate")
@@ -132,6 +132,22 @@ class FixedPointConfig(Settings):
 
 
 NUMERICS = ("float", "fixed")
+
+
+class Numerics(FixedPointConfig):
+    """The arithmetic a run trains in: float, or the FPGA core's fixed point with these formats."""
+
+    numerics: Literal["float", "fixed"] = "float"
+    """float, or fixed: InstantFT in the FPGA core's integer arithmetic."""
+
+    def fixed(self) -> FixedPointConfig | None:
+        """The fixed-point config, or None for float numerics (which take no fixed-point option)."""
+        options = self.model_dump(exclude_unset=True, exclude={"numerics"})
+        if self.numerics == "float":
+            if options:
+                raise SettingsError("numerics", "float takes no fixed-point option (give --numerics fixed)")
+            return None
+        return FixedPointConfig(**options)
 
 
 def describe(record: dict[str, Any]) -> str:

@@ -16,7 +16,6 @@ from typing import Any
 
 from instantft.fixedpoint.formats import FixedPointConfig
 from instantft.fixedpoint.nf4_codec import entry_bits
-from instantft.models import build_lenet
 
 
 @dataclass(frozen=True)
@@ -35,22 +34,28 @@ class Buffer:
 
 
 def memory_estimate(
-    config: FixedPointConfig, arch: str = "lenet5-mnist", rank: int = 4, batch_size: int = 20
+    config: FixedPointConfig, network: Any = "lenet5-mnist", rank: int = 4, batch_size: int = 20
 ) -> dict[str, Any]:
-    """Bits and bytes per on-chip buffer, and the total, for ``config``'s formats."""
-    model = build_lenet(arch)
-    classes = model.config.num_classes
-    ins = model.layer_input_sizes()
+    """Bits and bytes per on-chip buffer, and the total, for ``config``'s formats; ``network`` is
+    an in-tree architecture's name or a :class:`~instantft.backbones.Backbone`."""
+    from instantft.backbones import as_backbone
+    from instantft.models import build
+
+    backbone = as_backbone(build(network)) if isinstance(network, str) else network
+    named = getattr(getattr(backbone.model, "config", None), "name", None)
+    arch = network if isinstance(network, str) else named or type(backbone.model).__name__
+    classes = backbone.num_classes
+    ins = list(backbone.sizes)
     act, par = config.act.bits, config.param.bits
-    frozen = sum(p.numel() for p in model.parameters())
+    frozen = sum(p.numel() for p in backbone.model.parameters())
     adapters = sum(rank * (d + classes) for d in ins)
-    cache_width = sum(ins[1:]) + classes
+    cache_width = sum(backbone.cache_sizes)
     k = len(ins)
     buffers = [
-        Buffer("frozen parameters", frozen, par, "weights and biases of the five layers"),
-        Buffer("adapter weights A, B", adapters, par, "five skip adapters, rank r"),
+        Buffer("frozen parameters", frozen, par, "weights and biases of the frozen layers"),
+        Buffer("adapter weights A, B", adapters, par, f"{k} skip adapters, rank r"),
         Buffer("adapter gradients dA, dB", adapters, par, "all five adapters update at once"),
-        Buffer("layer inputs x0..x4", batch_size * sum(ins), act, "one mini-batch"),
+        Buffer(f"layer inputs x0..x{k - 1}", batch_size * sum(ins), act, "one mini-batch"),
         Buffer("logits f(x), y, probabilities", batch_size * 3 * classes, act, "one mini-batch"),
         Buffer("adapter projections h_k", batch_size * k * rank, act, "one mini-batch"),
         Buffer("adapter deltas / output gradient", batch_size * k * classes, act, "g is copied into the delta buffers"),

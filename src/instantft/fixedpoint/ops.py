@@ -236,28 +236,28 @@ def mul(
     return requantize(exact_product(torch.mul, a, b, 1), fa.frac_bits + fb.frac_bits, out, rounding, counters, name)
 
 
-def matmul(
-    a: torch.Tensor,
-    fa: QFormat,
-    b: torch.Tensor,
-    fb: QFormat,
-    out: QFormat,
-    rounding: Rounding,
-    counters: Counters | None = None,
-    name: str | None = None,
-    bias: torch.Tensor | None = None,
-    fbias: QFormat | None = None,
-) -> torch.Tensor:
-    """a @ b (+ bias) with an exact accumulator, rounded once into ``out`` (the MAC).
+@dataclass(frozen=True)
+class Into:
+    """Where a MAC's exact result goes: its format and rounding, and the counters that tally it
+    under ``name``."""
 
-    The bias enters the accumulator as one more product, 2^(fa+fb-fbias) × bias, so it is added
+    fmt: QFormat
+    rounding: Rounding
+    counters: Counters | None = None
+    name: str | None = None
+
+
+def matmul(a: torch.Tensor, fa: QFormat, b: torch.Tensor, fb: QFormat, into: Into, bias: torch.Tensor | None = None
+           ) -> torch.Tensor:  # fmt: skip
+    """a @ b (+ bias, in b's format) with an exact accumulator, rounded once ``into`` its format (the MAC).
+
+    The bias enters the accumulator as one more product, 2^fa × bias, so it is added
     exactly at the products' precision, as an HLS accumulator initialised with the bias is."""
+    out, rounding, counters, name = into.fmt, into.rounding, into.counters, into.name
     frac = fa.frac_bits + fb.frac_bits
     if bias is None:
         return requantize(exact_product(torch.matmul, a, b, a.shape[-1]), frac, out, rounding, counters, name)
-    shift = frac - (fbias or fb).frac_bits
-    if shift < 0:
-        raise InstantFTError("the bias format has more fraction bits than the products")
+    shift = fa.frac_bits  # the bias has b's fraction bits
     k = a.shape[-1] + 1
     if max(_bits(a) + _bits(b) - 2, _bits(bias) - 1 + shift) + k.bit_length() <= 61:  # all fits int64
         acc: torch.Tensor | WideInt = torch.matmul(a, b) + (bias << shift)

@@ -16,7 +16,16 @@ from torch import nn
 
 from instantft.backbones import Backbone, exact_taps
 from instantft.errors import InstantFTError
-from instantft.fileio import PathLike, load_tensors, read_record, save_with_record, tensor_shapes, tensors_sha256
+from instantft.fileio import (
+    TENSORS_SHA256_FORMAT,
+    PathLike,
+    load_tensors,
+    read_record,
+    save_with_record,
+    tensor_shapes,
+    tensors_sha256,
+)
+from instantft.fixedpoint.formats import FixedPointConfig
 from instantft.methods.base import FineTuneConfig, Method, create
 from instantft.models import model_fingerprint
 
@@ -45,6 +54,7 @@ def save_adapter(
         "taps": [t.label for t in method.backbone.taps],
         "input_shape": list(method.backbone.input_shape),
         **(extra or {}),
+        "tensors_sha256_format": TENSORS_SHA256_FORMAT,
         "tensors_sha256": tensors_sha256(state),
     }
     return save_with_record(path, state, META_KEY, record, inputs)
@@ -58,11 +68,12 @@ def read_adapter_record(path: str | os.PathLike[str]) -> dict[str, Any]:
 Base = Backbone | nn.Module
 
 
-def _rebuild(record: dict[str, Any], base: Base, config: FineTuneConfig) -> Method:
+def _rebuild(record: dict[str, Any], base: Base, config: FineTuneConfig, fixed: FixedPointConfig | None = None
+             ) -> Method:  # fmt: skip
     """The method of ``record`` on ``base`` with the recorded taps (``auto`` for old records)."""
     taps, shape = record.get("taps"), record.get("input_shape")
     spec = exact_taps(taps) if taps else "auto"  # the recorded taps exactly, whatever base's own are
-    return create(record["method"], base, config, spec, tuple(shape) if shape else None)
+    return create(record["method"], base, config, spec, tuple(shape) if shape else None, fixed=fixed)
 
 
 def check_sizes(path: PathLike, record: dict[str, Any], config: FineTuneConfig) -> None:
@@ -87,21 +98,21 @@ def check_sizes(path: PathLike, record: dict[str, Any], config: FineTuneConfig) 
 def load_adapter(path: str | os.PathLike[str], base: Base) -> tuple[Method, dict[str, Any]]:
     """Rebuild the method on ``base`` (in the numerics it was trained in) and load its tensors."""
     record = read_adapter_record(path)
-    method_name = record["method"]
     config = FineTuneConfig.load_record(record["config"], f"{path}: adapter config")
     model = base.model if isinstance(base, Backbone) else base
     if record["base_fingerprint"] != model_fingerprint(model):
         raise InstantFTError(f"{path}: adapter was trained on another base model (fingerprint mismatch)")
     check_sizes(path, record, config)
     state = load_tensors(path, "adapter")
-    if tensors_sha256(state) != record["tensors_sha256"]:
+    fmt = record.get("tensors_sha256_format", 1)  # absent: written by 0.1.0
+    if fmt not in (1, TENSORS_SHA256_FORMAT) or isinstance(fmt, bool):
+        raise InstantFTError(f"{path}: unknown tensors_sha256_format {fmt!r}; this version reads 1 and 2")
+    if tensors_sha256(state, fmt) != record["tensors_sha256"]:
         raise InstantFTError(f"{path}: adapter tensors do not match their recorded sha256 (file corrupt)")
     if record.get("numerics", "float") == "fixed":
         from instantft.fixedpoint import FixedPointConfig
-        from instantft.methods.fixed_point import fixed_point_method
-
         fixed = FixedPointConfig.load(record.get("fixed") or {}, f"{path}: adapter fixed-point config")
-        method: Method = fixed_point_method(method_name, base, config, fixed)
+        method: Method = _rebuild(record, base, config, fixed)
     else:
         method = _rebuild(record, base, config)
     method.load_trainable({k: v.to(torch.float32) for k, v in state.items()})

@@ -18,6 +18,7 @@ from instantft.cache import CacheSource, ForwardCache, Storage
 from instantft.data import ImageSet
 from instantft.engine import resolve_engine
 from instantft.errors import InstantFTError
+from instantft.fixedpoint.formats import FixedPointConfig
 from instantft.models import model_fingerprint
 from instantft.settings import Runtime
 from instantft.training import (
@@ -43,6 +44,7 @@ __all__ = [
     "epoch_batches",
     "method_names",
     "register",
+    "register_variant",
     "schedule",
 ]
 
@@ -173,12 +175,24 @@ class AutogradMethod(Method):
 
 
 METHODS: dict[str, type[Method]] = {}
+#: (method name, numerics) -> the method in those numerics: the fixed-point variants
+VARIANTS: dict[tuple[str, str], Callable[..., Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available by its ``name`` (CLI, reproduce, tests)."""
     METHODS[cls.name] = cls
     return cls
+
+
+def register_variant(numerics: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: the method ``cls.name`` in other ``numerics`` (e.g. ``"fixed"``)."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        VARIANTS[cls.name, numerics] = cls
+        return cls
+
+    return add
 
 
 def method_names() -> list[str]:
@@ -192,8 +206,18 @@ def create(
     taps: TapSpec = "auto",
     example: Any = None,
     runtime: Runtime | None = None,
+    fixed: FixedPointConfig | None = None,
 ) -> Method:
-    """Method ``name`` on a private frozen copy of ``base`` (a Backbone, or any classifier module)."""
+    """Method ``name`` on a private frozen copy of ``base`` (a Backbone, or any classifier module);
+    with ``fixed``, its variant in the FPGA core's fixed-point arithmetic."""
     if name not in METHODS:
         raise InstantFTError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
-    return METHODS[name](base, config or FineTuneConfig(), taps, example, runtime)
+    if fixed is None:
+        return METHODS[name](base, config or FineTuneConfig(), taps, example, runtime)
+    import instantft.methods.fixed_point  # noqa: F401  (registers the fixed-point variants)
+
+    if (name, "fixed") not in VARIANTS:
+        have = ", ".join(n for n, numerics in VARIANTS if numerics == "fixed")
+        raise InstantFTError(f"fixed-point numerics is implemented for {have} (the paper's FPGA core), not {name}")
+    variant = VARIANTS[name, "fixed"]
+    return variant(base, config or FineTuneConfig(), taps, example, runtime, fixed)

@@ -3,8 +3,9 @@ built from the integer primitives of :mod:`instantft.fixedpoint`.
 
 Per mini-batch, in the core's order (all words; formats from :class:`FixedPointConfig`):
 
-1. first sight of a sample: integer base forward (:class:`FixedLeNet`), Quant -> NF4 cache row
-   [x1 | x2 | x3 | x4 | f(x)]; later: Dequant of the cached row (:mod:`.nf4_codec`);
+1. first sight of a sample: integer base forward (:class:`~instantft.fixedpoint.chain.FixedChain`),
+   Quant -> NF4 cache row [x1 | x2 | x3 | x4 | f(x)] (LeNet-5's taps); later: Dequant of the cached
+   row (:mod:`.nf4_codec`);
 2. adapter forward, the five modules side by side: h_k = A_k x_k, delta_k = B_k h_k (each rounded
    into the activation format), y = f(x) + Σ delta_k (saturating adds);
 3. CELoss: p = table softmax(y) (:mod:`.softmax`), g = (p - onehot) / batch in the gradient
@@ -28,17 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from instantft.adapters import SkipAdapters
-from instantft.backbones import Backbone
+from instantft.backbones import Backbone, TapSpec
 from instantft.data import ImageSet
 from instantft.errors import InstantFTError
+from instantft.fixedpoint.chain import FixedChain, Op
 from instantft.fixedpoint.formats import FixedPointConfig
-from instantft.fixedpoint.lenet import FixedLeNet
 from instantft.fixedpoint.memory import memory_estimate
 from instantft.fixedpoint.nf4_codec import decode, encode, entry_bits
-from instantft.fixedpoint.ops import Counters, add, divide, matmul, mul, quantize, to_float
+from instantft.fixedpoint.ops import Counters, Into, add, divide, matmul, mul, quantize, to_float
 from instantft.fixedpoint.softmax import SoftmaxTables, build_tables, softmax
-from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, schedule
-from instantft.models import LeNet5
+from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, register_variant, schedule
+from instantft.settings import Runtime
 
 CHUNK = 256  # samples per integer forward (bounds the im2col buffer)
 
@@ -61,8 +62,8 @@ class FixedSkipAdapters:
         c = self.config
         hs, total = [], None
         for k, (x, a, b) in enumerate(zip(xs, self.A, self.B, strict=True), 1):
-            h = matmul(x, c.act, a.t(), c.param, c.act, c.rounding, counters, f"skip{k}.h")
-            d = matmul(h, c.act, b.t(), c.param, c.act, c.rounding, counters, f"skip{k}.delta")
+            h = matmul(x, c.act, a.t(), c.param, Into(c.act, c.rounding, counters, f"skip{k}.h"))
+            d = matmul(h, c.act, b.t(), c.param, Into(c.act, c.rounding, counters, f"skip{k}.delta"))
             total = d if total is None else add(total, d, c.act, counters, "delta.sum")
             hs.append(h)
         assert total is not None
@@ -98,10 +99,10 @@ class FixedSkipAdapters:
         loss = float(F.cross_entropy(to_float(y, act), labels))
         g = self.output_grad(y, labels, tables, counters)
         gt = g.t().contiguous()
-        dB = [matmul(gt, par, h, act, par, rnd, counters, f"skip{k}.dB") for k, h in enumerate(hs, 1)]
-        gB = [matmul(g, par, b, par, par, rnd, counters, f"skip{k}.gB") for k, b in enumerate(self.B, 1)]
+        dB = [matmul(gt, par, h, act, Into(par, rnd, counters, f"skip{k}.dB")) for k, h in enumerate(hs, 1)]
+        gB = [matmul(g, par, b, par, Into(par, rnd, counters, f"skip{k}.gB")) for k, b in enumerate(self.B, 1)]
         dA = [
-            matmul(v.t().contiguous(), par, x, act, par, rnd, counters, f"skip{k}.dA")
+            matmul(v.t().contiguous(), par, x, act, Into(par, rnd, counters, f"skip{k}.dA"))
             for k, (v, x) in enumerate(zip(gB, xs, strict=True), 1)
         ]
         for k in range(len(self.A)):
@@ -112,26 +113,28 @@ class FixedSkipAdapters:
         return loss
 
 
+@register_variant("fixed")
 class FixedPointInstantFT(Method):
-    """InstantFT with ``--numerics fixed``: the integer datapath of the FPGA core."""
+    """InstantFT with ``--numerics fixed``: the integer datapath of the FPGA core, on any backbone
+    the core's op chain expresses."""
 
     name = "instantft"
     description = "InstantFT in the FPGA core's fixed-point arithmetic (integer emulation)"
 
     def __init__(
-        self, base: Backbone | nn.Module, config: FineTuneConfig, fixed: FixedPointConfig | None = None
+        self,
+        base: Backbone | nn.Module,
+        config: FineTuneConfig,
+        taps: TapSpec = "auto",
+        example: Any = None,
+        runtime: Runtime | None = None,
+        fixed: FixedPointConfig | None = None,
     ) -> None:
-        super().__init__(base, config)
-        if not isinstance(self.base, LeNet5):
-            raise InstantFTError(
-                "--numerics fixed emulates the FPGA core's LeNet-5 datapath; "
-                f"the backbone is {type(self.base).__name__}"
-            )
-        self.lenet: LeNet5 = self.base
+        super().__init__(base, config, taps, example, runtime)
         self.fixed = fixed or FixedPointConfig()
         self.counters = Counters()  # setup, cache fill and every training step
         self.eval_counters = Counters()  # every evaluation forward
-        self.net = FixedLeNet(self.lenet, self.fixed, self.counters)
+        self.net = FixedChain(fixed_ops(self.backbone), self.fixed, self.counters)
         sizes, classes = self.backbone.sizes, self.backbone.num_classes
         gen = torch.Generator().manual_seed(config.adapter_seed)
         init = SkipAdapters(sizes, classes, config, gen)
@@ -174,7 +177,8 @@ class FixedPointInstantFT(Method):
         for epoch, step, rows in schedule(len(data), self.config):
             cached = decode(codes[rows], absmax[rows], self.cache_width, act, rnd, self.counters)
             *xs, base_logits = torch.split(cached, sizes, dim=1)
-            xs = [x0[rows].flatten(1), *xs]
+            if self.backbone.taps[0].is_model_input:  # read from the data, not cached
+                xs = [x0[rows].flatten(1), *xs]
             loss = self.adapters.sgd_step(xs, base_logits, data.labels[rows], self.tables, self.counters)
             monitor.check(loss, epoch, step)
             result.add_step(epoch, loss)
@@ -187,7 +191,8 @@ class FixedPointInstantFT(Method):
 
     def _encode(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs, logits = self.net.trace(x0, self.counters)
-        return encode(torch.cat([x.flatten(1) for x in xs[1:]] + [logits], dim=1), self.fixed.act, self.counters)
+        cached = xs[1:] if self.backbone.taps[0].is_model_input else xs
+        return encode(torch.cat([x.flatten(1) for x in cached] + [logits], dim=1), self.fixed.act, self.counters)
 
     @torch.no_grad()
     def logit_words(self, images: torch.Tensor) -> torch.Tensor:
@@ -212,19 +217,25 @@ class FixedPointInstantFT(Method):
             "saturating_tensors": self.counters.saturating(),
             "counters": self.counters.to_dict(),
             "eval_counters": self.eval_counters.to_dict(),
-            "memory": memory_estimate(self.fixed, self.lenet.config.name, self.config.rank, self.config.batch_size),
+            "memory": memory_estimate(self.fixed, self.backbone, self.config.rank, self.config.batch_size),
         }
 
 
-def fixed_point_method(
-    method: str,
-    base: Backbone | nn.Module,
-    config: FineTuneConfig,
-    fixed: FixedPointConfig | None = None,
-) -> FixedPointInstantFT:
-    """The method for ``--numerics fixed``: only InstantFT has an integer datapath."""
-    if method != "instantft":
+def fixed_ops(backbone: Backbone) -> list[Op]:
+    """The backbone as the core's op chain, for the integer datapath; one line if it is not one."""
+    from instantft.engine.cengine import TAP_NONE
+    from instantft.engine.chain import chain_entries
+
+    named = chain_entries(backbone)
+    if named is None:
         raise InstantFTError(
-            f"--numerics fixed is implemented for --method instantft only (the paper's FPGA core), not {method!r}"
+            f"--numerics fixed runs the FPGA core's datapath, a chain of conv, ReLU, max-pool, flatten and linear "
+            f"layers (BatchNorm folded) with every tap on a layer's input; {type(backbone.model).__name__} with "
+            f"taps {', '.join(t.label for t in backbone.taps)} is not one"
         )
-    return FixedPointInstantFT(base, config, fixed)
+
+    def tensor(a: Any) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(a)
+
+    return [Op(name, op.kind, op.kernel, op.stride, op.padding, op.tap != TAP_NONE, tensor(op.weight), tensor(op.bias))
+            for name, op in named]  # fmt: skip

@@ -69,19 +69,18 @@ class _SkipMethod(Method):
 
     def fit(self, data: ImageSet, on_step: Callable[[int, int], None] | None = None) -> FitResult:
         """Fine-tune the adapters. With a batched cache fill (skip2-lora, instantft) this runs the
-        fast engine chosen by ``runtime.engine`` (:mod:`instantft.engine`); ``engine="reference"``,
-        skip-lora and ``cache_fill="lazy"`` use :meth:`reference_fit`. Both train the same
+        C engine (:mod:`instantft.engine`) unless ``runtime.engine`` resolves to ``"reference"``;
+        the reference, skip-lora and ``cache_fill="lazy"`` use :meth:`reference_fit`. Both train the same
         adapters (tests/test_engine.py)."""
         self.backbone.check_input(data.images)
         backend = resolve_engine(self.runtime.engine)
-        if backend != "reference" and self.cache_storage is not None and self.runtime.cache_fill == "batched":
-            from instantft.engine.fit import fast_cache, fast_fit
+        if backend == "c" and self.cache_storage is not None and self.runtime.cache_fill == "batched":
+            from instantft.engine.fit import fit as c_fit
 
             if self.cache is None:
-                sizes, storage = self.backbone.cache_sizes, self.cache_storage
-                self.cache = fast_cache(sizes, len(data), storage, self.runtime.cache_max_bytes, backend)
-            result = fast_fit(self.backbone, self.adapters, self.cache, self.cache_source(data), data, self.config,
-                              on_step, backend)  # fmt: skip
+                self.cache = self.new_cache(len(data))
+            result = c_fit(self.backbone, self.adapters, self.cache, self.cache_source(data), data, self.config,
+                           on_step)  # fmt: skip
             result.trainable_params = self.trainable_parameters()
             return result
         return self.reference_fit(data, on_step)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from instantft.digest import cached_digest
 from instantft.errors import InstantFTError
 from instantft.fileio import load_tensors, read_record, save_with_record
 from instantft.models.zoo import ARCHITECTURES, build, bundled_name
@@ -22,17 +23,23 @@ BUNDLED_WEIGHTS = Path(__file__).parent / "weights"
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     """A hash of the weights alone (names, shapes, bytes in sorted order): the model's identity,
-    used to fingerprint adapters and the Forward Cache."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().contiguous().cpu()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    used to fingerprint adapters and the Forward Cache; hashed once while the tensors are
+    unchanged (:mod:`instantft.digest`)."""
+    names = sorted(state)
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for name in names:
+            t = state[name].detach().contiguous().cpu()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+    return cached_digest("weights:" + ";".join(names), [state[n] for n in names], compute)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    return weights_sha256(model.state_dict())
+    return weights_sha256(model.state_dict(keep_vars=True))
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any]) -> Path:

@@ -31,8 +31,10 @@ def run_command(
 
     config = StreamConfig(**settings.model_dump(exclude_unset=True), adaptation=adaptation)
     if plot is not None:
+        from instantft.extras import require
         from instantft.fileio import ensure_writable
 
+        require("plot", "matplotlib", "instantft stream --plot")  # before the stream, not after it
         if plot.suffix.lower() not in (".png", ".pdf", ".svg"):
             raise SettingsError("plot", f"must end in .png, .pdf or .svg, got {str(plot)!r}")
         plot = ensure_writable(plot)

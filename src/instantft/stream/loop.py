@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from instantft.engine import resolve_engine
 from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, Method, create
 from instantft.models import arch_for, bundled_checkpoint, load_checkpoint
@@ -98,8 +97,7 @@ class StreamRun:
         storage = self.method.cache_storage
         self.cache: BoundedCache | None = None
         if storage is not None:
-            use_numba = resolve_engine(self.runtime.engine) == "numba"
-            self.cache = BoundedCache(self.method.backbone.cache_sizes, self.capacity, storage, use_numba)
+            self.cache = BoundedCache(self.method.backbone.cache_sizes, self.capacity, storage)
             self.method.cache = self.cache
         self.trigger = Trigger(config.period, config.detector)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from instantft.extras import require
 from instantft.fileio import atomic_write
 
 COLORS = {
@@ -48,7 +49,7 @@ def draw(ax: Any, runs: Mapping[str, Sequence[dict[str, Any]]], title: str = "",
 
 
 def plot_runs(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathLike[str], title: str = "") -> Path:
-    import matplotlib
+    matplotlib = require("plot", "matplotlib", "instantft stream --plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,7 +66,7 @@ def plot_runs(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | os.PathL
 
 def corruption_grid(path: str | os.PathLike[str], samples: int = 4, seed: int = 0) -> Path:
     """The same test digits under every corruption (and rotations), as the stream draws them."""
-    import matplotlib
+    matplotlib = require("plot", "matplotlib", "the corruption grid")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

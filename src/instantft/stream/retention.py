@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from instantft import nf4
-from instantft.cache import Storage
-from instantft.engine.store import FastForwardCache
+from instantft.cache import ForwardCache, Storage
 from instantft.errors import InstantFTError
 
 POLICIES = ("window", "reservoir")
@@ -117,12 +116,12 @@ def make_retention(policy: str, capacity: int, image_shape: Sequence[int], seed:
     raise InstantFTError(f"unknown retention policy {policy!r}; valid: {', '.join(POLICIES)}")
 
 
-class BoundedCache(FastForwardCache):
+class BoundedCache(ForwardCache):
     """A Forward Cache of at most ``capacity`` rows that counts what it computes: ``computed``
     rows in all, ``recomputed`` of them for ids it had held before and evicted."""
 
-    def __init__(self, sizes: Sequence[int], capacity: int, storage: Storage = "fp32", use_numba: bool = True) -> None:
-        super().__init__(sizes, capacity, storage, use_numba=use_numba)
+    def __init__(self, sizes: Sequence[int], capacity: int, storage: Storage = "fp32") -> None:
+        super().__init__(sizes, capacity, storage)
         self.computed = 0
         self.recomputed = 0
         self.evicted = 0

@@ -13,18 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from instantft.errors import InstantFTError
+from instantft.extras import require
 
 DETECTORS = ("adwin", "page-hinkley")
 
 
 def make_detector(name: str) -> Any:
-    """A river detector by name; a one-line error if river is missing."""
+    """A river detector by name; one line naming the ``stream`` extra if river is missing."""
     if name not in DETECTORS:
         raise InstantFTError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
-    try:
-        from river import drift
-    except ImportError as exc:  # pragma: no cover - river is a dependency
-        raise InstantFTError(f"--detector {name} needs the 'river' package (pip install river): {exc}") from exc
+    drift = require("stream", "river.drift", "instantft stream --detector")
     if name == "adwin":
         return drift.ADWIN(delta=0.002)
     return drift.PageHinkley(mode="up", threshold=20.0, delta=0.005)

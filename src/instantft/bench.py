@@ -13,10 +13,13 @@ Forward Cache and quantising it. Then:
   load included), and the first compile ever (an empty numba cache);
 - scaling: time per sample from 1k to 73k samples (synthetic MNIST-shaped images past the
   10,000 test images of RotMNIST), with the NF4 cache size;
-- the peer: the same LeNet with Hugging Face PEFT LoRA (r = 4 on every conv and linear layer),
-  trained the usual way, if ``peft`` is installed (``pip install instantft[bench]``).
+- the fill: the frozen forward of the run's images by the C core (all threads and one) beside
+  torch's eager forward.
 
-Baselines run their ordinary training loop (module forward, autograd, ``torch.optim.SGD``).
+Baselines run their ordinary training loop (module forward, autograd, ``torch.optim.SGD``). This
+measures the package alone; the comparisons with other software (ONNX Runtime, PEFT, instruction
+counts under callgrind) are studies of a source checkout: ``studies/c_core.py`` and
+``studies/peft_lora.py``.
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from instantft.data import ImageSet, make_task
 from instantft.engine import numba_available, resolve_engine
 from instantft.errors import InstantFTError
-from instantft.experiments.core_bench import core_figures
 from instantft.methods import FineTuneConfig, create
 from instantft.models import LeNet5, accuracy
 from instantft.run import config_for, load_backbone
@@ -62,9 +65,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("skip2-lora[reference]", "skip2-lora", "reference"),
     ("instantft[reference]", "instantft", "reference"),
 )
-PEFT_ROW = "peft-lora"
 SCALING_SIZES = (1024, 4096, 16384, 73257)
-TARGETS = {"speedup_skip2": 40.0, "speedup_instantft": 35.0, "flop_multiple": 5.0, "nf4_overhead": 0.10, "cold": 1.0}
 
 
 # --- FLOPs ------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def sgemm_gflops(n: int = 1024, repeats: int = 10) -> float:
 
 
 # --- runs -------------------------------------------------------------------------------------
-def _engine_ok(engine: str) -> bool:
+def engine_ok(engine: str) -> bool:
     """An engine row is run when its engine is installed (and a torch row only beside a faster one)."""
     try:
         resolve_engine(engine)
@@ -139,61 +140,64 @@ def timed_fit(make: Callable[[], Any], data: ImageSet) -> tuple[float, Any, Any]
     return time.perf_counter() - start, result, method
 
 
-class PeftLoRA:
-    """The peer: PEFT's LoRA (r = ``rank`` on conv1, conv2, fc1, fc2, fc3) on a copy of the
-    backbone, trained the usual way with the same batches, lr and epochs."""
-
-    name = PEFT_ROW
-
-    def __init__(self, base: LeNet5, config: FineTuneConfig) -> None:
-        import copy
-
-        from peft import LoraConfig, get_peft_model
-
-        self.config = config
-        torch.manual_seed(config.adapter_seed)
-        targets = ["conv1", "conv2", "fc1", "fc2", "fc3"]
-        lora = LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=targets, lora_dropout=0.0)
-        self.model = get_peft_model(copy.deepcopy(base), lora)
-
-    def fit(self, data: ImageSet) -> Any:
-        import torch.nn.functional as F
-
-        from instantft.methods.base import FitResult, check_loss, schedule
-
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=self.config.lr)
-        self.model.train()
-        result = FitResult()
-        for epoch, step, rows in schedule(len(data), self.config):  # as AutogradMethod.fit
-            loss = F.cross_entropy(self.model(data.images[rows]), data.labels[rows])
-            check_loss(float(loss.detach()), epoch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            result.steps += 1
-        self.model.eval()
-        return result
-
-    @torch.no_grad()
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model(images[i : i + 2048]) for i in range(0, len(images), 2048)])
-
-
-def peft_available() -> bool:
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def synthetic_set(n: int, like: ImageSet, seed: int = 0) -> ImageSet:
     """n random images of ``like``'s shape and random labels (only the shapes matter for time)."""
     gen = torch.Generator().manual_seed(seed)
     images = torch.rand(n, *like.images.shape[1:], generator=gen)
     labels = torch.randint(0, 10, (n,), generator=gen)
     return ImageSet(f"synthetic-{n}", images, labels, torch.arange(n))
+
+
+# --- the fill --------------------------------------------------------------------------------
+def forward_times(
+    model: torch.nn.Module,
+    data: ImageSet,
+    threads: int,
+    repeats: int,
+    log: Callable[[str], None],
+    peers: dict[str, Callable[[], Any]] | None = None,
+) -> dict[str, Any]:
+    """The frozen forward of the run's images (what the cache fill computes), interleaved rounds,
+    median ms: the C core on ``threads`` and on one thread, numba's fill where it runs, torch's
+    eager forward, and any ``peers`` (name -> a call doing the same work)."""
+    from instantft.backbones import Backbone
+    from instantft.engine import cengine
+    from instantft.engine.chain import chain_for, flops_per_sample
+
+    backbone = Backbone(model)
+    chain = chain_for(backbone)
+    out: dict[str, Any] = {"kernels": cengine.build_info() if cengine.available() else None}
+    if chain is None:
+        return out
+    images = data.images.contiguous()
+    x = images.numpy()
+    rows = np.empty((len(x), chain.row_width), np.float32)
+    calls: dict[str, Callable[[], Any]] = {
+        "c_fill": lambda: chain.fill(x, rows, threads),
+        "c_fill_1_thread": lambda: chain.fill(x, rows, 1),
+        "torch_eager": lambda: model(images),
+        **(peers or {}),
+    }
+    if numba_available():
+        from instantft.engine.fill import compiled_rows_into, lenet_fast_path
+
+        if lenet_fast_path(backbone):
+            out_rows = torch.empty(len(x), chain.row_width)
+            calls["numba_fill"] = lambda: compiled_rows_into(backbone, images, out_rows)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    with torch.no_grad():
+        for f in calls.values():  # warm-up (first calls, allocations)
+            f()
+        for rnd in range(repeats):
+            log(f"frozen forward round {rnd + 1}/{repeats}")
+            for name, f in calls.items():
+                t = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t)
+    out["forward_ms"] = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    out["forward_runs_ms"] = {k: [1e3 * t for t in v] for k, v in times.items()}
+    out["forward_flops"] = flops_per_sample(chain) * len(x)
+    return out
 
 
 # --- cold start -------------------------------------------------------------------------------
@@ -275,13 +279,11 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
     task = make_task("rotmnist", angle=args.angle, samples=args.samples, seed=0, data_dir=args.data_dir)
     data, evaluate = task.finetune, task.evaluate
     config = config_for("rotmnist")
-    rows = [r for r in ROWS if _engine_ok(r[2])]
+    rows = [r for r in ROWS if engine_ok(r[2])]
     makers: dict[str, Callable[[], Any]] = {
         row: functools.partial(_make, name, model, replace(config, engine=engine))  # type: ignore[arg-type]
         for row, name, engine in rows
     }
-    if peft_available():
-        makers[PEFT_ROW] = lambda: PeftLoRA(model, config)
     log(f"warm-up: {', '.join(makers)}")
     results: dict[str, dict[str, Any]] = {}
     for row, make in makers.items():
@@ -329,8 +331,8 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
         torch.set_num_threads(1)
         one = [timed_fit(makers["skip2-lora[c]"], data)[0] for _ in range(args.repeats)]
         torch.set_num_threads(args.threads)
-        log("C core: the frozen forward against ONNX Runtime and torch")
-        core = core_figures(model, data, config, args.threads, args.repeats, log, callgrind=args.callgrind)
+        log("C core: the frozen forward beside torch's")
+        core = forward_times(model, data, args.threads, args.repeats, log)
         core["skip2_lora_c_1_thread_seconds"] = statistics.median(one)
         core["skip2_lora_c_1_thread_runs"] = one
     skip2, inst = methods["skip2-lora"]["seconds"], methods["instantft"]["seconds"]
@@ -343,8 +345,6 @@ def bench(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any
         "cold_start_seconds": cold["skip2-lora"]["first"] if cold else None,
         "cold_start": cold,
         "first_compile": compile_,
-        "peft_lora_seconds": methods[PEFT_ROW]["seconds"] if PEFT_ROW in methods else None,
-        "peft_lora_accuracy": methods[PEFT_ROW]["accuracy"] if PEFT_ROW in methods else None,
         "scaling": scaling,
         "core": core,
         "machine": {**machine(args.threads), "load_average_before": load_before, "load_average_after": load_average()},
@@ -413,8 +413,9 @@ def _judge(rows: dict[str, tuple[float | None, float, str]]) -> dict[str, Any]:
 
 
 def targets_c_core(out: dict[str, Any]) -> dict[str, Any]:
-    """Issue 10 §5's targets that this process measures (the device program's are the device
-    tests' business), each with the measured value and whether it is met."""
+    """The C core's targets that this process measures (the device program's are the device
+    tests' business), each with the measured value and whether it is met; the ONNX Runtime rows
+    stay unmeasured here (studies/c_core.py adds that peer)."""
     m, core = out["methods"], out.get("core") or {}
     fwd = core.get("forward_ms") or {}
 
@@ -446,7 +447,7 @@ def targets_c_core(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(out: dict[str, Any]) -> dict[str, Any]:
-    """Issue 5's targets, each with the measured value and whether it is met."""
+    """The engines' speed targets, each with the measured value and whether it is met."""
     m = out["methods"]
     scaling = [s for s in out["scaling"] if s["method"] == "instantft"]
     nf4_73k = next((s["cache_bytes"] for s in scaling if s["samples"] == 73257), None)
@@ -507,7 +508,7 @@ def markdown(out: dict[str, Any]) -> str:
             f"| {s['method']} | {s['samples']:,} | {s['data']} | {s['seconds']:.3f} | {s['us_per_sample_epoch']:.3f} | "
             f"{s['cache_bytes'] / 1e6:.1f} MB |"
         )
-    lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---:|---|"]
     for name, t in out["targets"].items():
         lines.append(
             f"| {name} | {_fmt(t['value'], '.4g')} | {'-' if t['met'] is None else 'yes' if t['met'] else 'no'} |"
@@ -518,14 +519,13 @@ def markdown(out: dict[str, Any]) -> str:
 
 
 def notes(out: dict[str, Any]) -> list[str]:
-    """The figures beside the table: the limit, NF4, cold start, the peer."""
+    """The figures beside the table: the limit, NF4, cold start."""
     cold = out.get("cold_start") or {}
     comp = out.get("first_compile") or {}
 
     def run(d: dict, method: str, which: str, spec: str) -> str:
         return _fmt(d.get(method, {}).get(which), spec)
 
-    peft_acc = out["peft_lora_accuracy"]
     gflop = out["methods"]["skip2-lora"]["flops"] / 1e9
     return [
         f"- sgemm: {out['sgemm_gflops']:.1f} GFLOP/s (best of the rounds, 1024³, same threads); the Skip2-LoRA "
@@ -536,46 +536,32 @@ def notes(out: dict[str, Any]) -> list[str]:
         f"second runs {run(cold, 'skip2-lora', 'second', '.4f')} s / {run(cold, 'instantft', 'second', '.4f')} s.",
         f"- First compile ever (empty numba cache): skip2-lora {run(comp, 'skip2-lora', 'first', '.2f')} s, "
         f"then instantft {run(comp, 'instantft', 'first', '.2f')} s.",
-        f"- PEFT LoRA peer: {_fmt(out['peft_lora_seconds'], '.3f')} s, accuracy "
-        f"{_fmt(None if peft_acc is None else 100 * peft_acc, '.2f')} %.",
     ]
 
 
 def core_markdown(out: dict[str, Any]) -> list[str]:
-    """The C core's section: the frozen forward by every peer, issue 10's targets, instruction counts."""
+    """The C core's section: the frozen forward by every peer measured, and the C core's targets."""
     core = out.get("core")
     if not core:
         return []
     mc = out["machine"]
     lines = [
         "",
-        "## The C core (issue 10)",
+        "## The C core",
         "",
-        f"Kernels `{core.get('kernels')}`; {mc.get('threads')} threads for every peer. This machine is shared with "
-        f"other agents (load average before/after {mc.get('load_average_before')} / "
-        f"{mc.get('load_average_after')} on {mc.get('cores')} cores): wall times are medians of interleaved "
-        "rounds and noisy; the instruction counts below are repeatable.",
+        f"Kernels `{core.get('kernels')}`; {mc.get('threads')} threads for every peer (load average before/after "
+        f"{mc.get('load_average_before')} / {mc.get('load_average_after')} on {mc.get('cores')} cores): wall times "
+        "are medians of interleaved rounds.",
         "",
-        "| frozen forward of the 1,024 images | median ms |",
+        "| frozen forward of the fine-tuning images | median ms |",
         "|---|---:|",
     ]
     for name, ms in (core.get("forward_ms") or {}).items():
         lines.append(f"| {name} | {ms:.2f} |")
-    lines += ["", "| target (issue 10 §5) | measured | met |", "|---|---:|---|"]
+    lines += ["", "| target (C core) | measured | met |", "|---|---:|---|"]
     for name, t in out.get("targets_c_core", {}).items():
         met = "-" if t["met"] is None else "yes" if t["met"] else "no"
         lines.append(f"| {name} | {_fmt(t['value'], '.4g')} | {met} |")
-    cg = core.get("callgrind")
-    if cg:
-        lines += ["", "| callgrind (one thread) | instructions | entry point | kernels |", "|---|---:|---|---|"]
-        for mode, c in cg.items():
-            lines.append(f"| {mode} | {c['instructions']:,} | `{c['entry']}` | {c['kernels']} |")
-    prog = core.get("program_ms")
-    if prog:
-        lines += ["", "bench program (csrc/bench/bench_core.c, no Python), median ms: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in prog.items())
-                  + f" ({mc.get('threads')} threads); one thread: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in (core.get("program_ms_1_thread") or {}).items())]  # fmt: skip
     return lines
 
 
@@ -625,7 +611,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_bench(sub: Any) -> None:
     from instantft.config import common
 
-    p = sub.add_parser("bench", parents=[common()], help="time every method's fine-tune (issue 5's benchmark)")
+    p = sub.add_parser("bench", parents=[common()], help="time every method's fine-tune against LoRA-All")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--samples", type=int, default=1024, help="fine-tuning samples (default 1024)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up (default 5)")
@@ -644,10 +630,4 @@ def add_bench(sub: Any) -> None:
         help="skip timing a first-ever compile in a process with an empty numba cache",
     )
     p.add_argument("--markdown", default=None, help="also write the report as Markdown to this file")
-    p.add_argument(
-        "--no-callgrind",
-        dest="callgrind",
-        action="store_false",
-        help="skip the C bench program (compiled here) and its instruction counts under valgrind --tool=callgrind",
-    )
     p.set_defaults(func=cmd_bench)

@@ -1,38 +1,75 @@
-"""The reproduction report: Markdown and CSV tables, matplotlib plots, and ``report.md`` that puts
-the paper's figures beside ours."""
+"""The report of fig7.py: Markdown and CSV tables, matplotlib plots, and ``report.md`` that puts
+the paper's figures beside ours. Not a study: fig7.py imports it."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from instantft.experiments.reproduce import (
-    ABLATION_METHODS,
-    ABLATION_VARIANTS,
-    LABELS,
-    METHODS,
-    PAPER_REPORTED,
-    ReproduceConfig,
-    summarise,
-)
-from instantft.fileio import atomic_write, atomic_write_text
+from _common import LABELS, METHODS, csv_text, md_table, pyplot, save_png
+from instantft.fileio import atomic_write_text
+
+#: Figures reported by the paper and the talk: printed beside ours, never used to compute anything.
+PAPER_REPORTED: dict[str, Any] = {
+    "accuracy_90": {
+        ("rotmnist", "instantft"): 91.8,
+        ("rotmnist", "lora-all"): 91.2,
+        ("rotfmnist", "instantft"): 77.9,
+        ("rotfmnist", "lora-all"): 75.1,
+    },
+    "drop_15_to_90": {
+        ("rotmnist", "instantft"): 5.2,
+        ("rotmnist", "lora-all"): 5.7,
+        ("rotfmnist", "instantft"): 2.8,
+        ("rotfmnist", "lora-all"): 6.2,
+    },
+    "talk_75": {
+        "none": 9.18,
+        "ft-last": 60.94,
+        "lora-last": 53.81,
+        "lora-all": 75.59,
+        "skip-lora": 73.54,
+        "skip2-lora": 73.54,
+        "instantft": 74.02,
+    },
+    "talk_seconds_rpi": {
+        "ft-last": 18.09,
+        "lora-last": 18.09,
+        "lora-all": 114.15,
+        "skip-lora": 19.84,
+        "skip2-lora": 3.90,
+        "instantft": 4.27,
+    },
+    "talk_cache_kb": {"skip2-lora": 7336, "instantft": 1036},
+    "svhn_smallest_n": {"instantft": 79.0, "lora-all": 81.7},
+    "svhn_drop": {"instantft": 9.4, "lora-all": 6.7},
+    "speedups": {"lora-all->skip-lora": 4.8, "skip-lora->skip2-lora": 5.1, "nf4_overhead": 0.088},
+    "cache_mb": {"fp32_1024": 7.33, "nf4_1024": 1.02, "fp32_73257": 524.52, "nf4_73257": 72.89},
+}
 
 
-def md_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def csv_text(header: list[str], rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
+def summarise(results: Sequence[dict[str, Any]], study: str, variant: str = "default") -> dict[tuple, dict]:
+    """(dataset, angle, method) -> mean/std/n of accuracy_after in % and diverged count."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["study"] == study and r.get("variant", "default") == variant:
+            groups.setdefault((r["dataset"], float(r["angle"]), r["method"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        acc = [100 * r["accuracy_after"] for r in rs]
+        out[key] = {
+            "mean": statistics.fmean(acc),
+            "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "n": len(acc),
+            "diverged": sum(1 for r in rs if r.get("diverged")),
+            "seed0": next((100 * r["accuracy_after"] for r in rs if r["seed"] == 0), math.nan),
+            "seconds": statistics.median([r["finetune_seconds"] for r in rs if not r.get("diverged")] or [math.nan]),
+            "cache_bytes": max(r["cache_bytes"] for r in rs),
+        }
+    return out
 
 
 def pm(s: dict[str, Any] | None) -> str:
@@ -57,11 +94,7 @@ def accuracy_tables(summary: dict, datasets: tuple[str, ...], angles: list[float
 
 
 def plot_accuracy(summary: dict, datasets: tuple[str, ...], angles: list[float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for ax, d in zip(axes[0], datasets, strict=True):
         for m in METHODS:
@@ -100,15 +133,11 @@ def plot_accuracy(summary: dict, datasets: tuple[str, ...], angles: list[float],
     )
     fig.suptitle("Accuracy vs drift (mean ± std over seeds)")
     fig.tight_layout()
-    _save(fig, path, bbox_inches="tight")
+    save_png(fig, path, bbox_inches="tight")
 
 
 def plot_time(timing: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     med = timing["median_seconds"]
     names = [m for m in METHODS if m in med]
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -125,15 +154,11 @@ def plot_time(timing: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=20)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_cache(sizes: dict[str, int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
     for ax, n in zip(axes, (1024, 73257), strict=True):
         ours = [sizes[f"fp32_{n}"] / 1e6, sizes[f"nf4_{n}"] / 1e6]
@@ -148,19 +173,20 @@ def plot_cache(sizes: dict[str, int], path: Path) -> None:
         ax.set_ylabel("MB")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
-def _save(fig: Any, path: Path, **kwargs: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", **kwargs))
-    plt.close(fig)
-
-
-def write_all(out: Path, results: list[dict[str, Any]], extras: dict[str, Any], cfg: ReproduceConfig) -> None:
+def write_all(
+    out: Path,
+    results: list[dict[str, Any]],
+    extras: dict[str, Any],
+    *,
+    datasets: tuple[str, ...],
+    ablation: tuple[dict[str, Any], tuple[str, ...]] | None,
+    command: str,
+) -> None:
+    """Every table, plot and ``report.md`` into ``out``; ``ablation``: (variants, methods) or None."""
     summary = summarise(results, "fig7")
-    datasets = cfg.datasets
     angles = sorted({k[1] for k in summary})
     tables = accuracy_tables(summary, datasets, angles)
     for d, (header, md_rows, csv_rows) in tables.items():
@@ -174,25 +200,19 @@ def write_all(out: Path, results: list[dict[str, Any]], extras: dict[str, Any], 
     talk_header, talk_rows, talk_csv = talk_table(summary, timing)
     atomic_write_text(out / "talk_table.md", md_table(talk_header, talk_rows))
     atomic_write_text(out / "talk_table.csv", csv_text(talk_header, talk_csv))
-    ab_rows = []
-    for variant in ABLATION_VARIANTS:
-        s = summarise(results, "ablation", variant)
-        ab_rows.append([variant, *[pm(s.get((d, 90.0, m))) for d in datasets for m in ABLATION_METHODS]])
-    ab_header = ["variant", *[f"{d} 90° {LABELS[m].split(' ')[0]}" for d in datasets for m in ABLATION_METHODS]]
-    if cfg.ablation:
+    ab_table = None
+    if ablation is not None:
+        variants, methods = ablation
+        ab_rows = []
+        for variant in variants:
+            s = summarise(results, "ablation", variant)
+            ab_rows.append([variant, *[pm(s.get((d, 90.0, m))) for d in datasets for m in methods]])
+        ab_header = ["variant", *[f"{d} 90° {LABELS[m].split(' ')[0]}" for d in datasets for m in methods]]
         atomic_write_text(out / "ablation.md", md_table(ab_header, ab_rows))
         atomic_write_text(out / "ablation.csv", csv_text(ab_header, ab_rows))
+        ab_table = (ab_header, ab_rows)
     text = report_markdown(
-        summary,
-        datasets,
-        angles,
-        tables,
-        timing,
-        extras,
-        (talk_header, talk_rows),
-        (ab_header, ab_rows) if cfg.ablation else None,
-        results,
-        cfg,
+        summary, datasets, angles, tables, timing, extras, (talk_header, talk_rows), ab_table, results, command
     )
     atomic_write_text(out / "report.md", text)
 
@@ -240,7 +260,7 @@ def report_markdown(
     talk: tuple,
     ablation: tuple | None,
     results: list,
-    cfg: ReproduceConfig,
+    command: str,
 ) -> str:
     from instantft.machine import machine_info
 
@@ -251,7 +271,7 @@ def report_markdown(
     lines = [
         "# Reproducing InstantFT / Skip2-LoRA",
         "",
-        f"Generated by `instantft reproduce{' --quick' if cfg.quick else ''} --seeds {cfg.seeds}` "
+        f"Generated by `{command}` "
         f"({len(results)} runs in `results.json`). Machine: {machine['cpu']}, {machine['cores']} cores, "
         f"torch {machine['torch']}, instantft {machine['instantft']}, commit {machine.get('git_commit')}.",
         "",

@@ -1,6 +1,9 @@
-"""The device figures of issue 10 (peak RSS, stripped binary size, aarch64 vs x86), measured, not
-typed in: ``python -m instantft.device.figures --out results/device`` (from a checkout: it builds
-with ``make device device-aarch64`` and runs the aarch64 build under ``qemu-aarch64``).
+"""The device figures (peak RSS, stripped binary size, aarch64 vs x86), measured, not typed in:
+
+    python studies/device.py --out results/device
+
+It builds with ``make device device-aarch64`` and runs the aarch64 build under ``qemu-aarch64``
+(``--no-qemu``, or without qemu: the x86 build only).
 
 For each of skip2-lora and instantft on RotMNIST 90° (1,024 fine-tuning images, the other 8,976
 evaluated, the defaults of ``finetune``): export the bundle, run the x86 build (peak RSS from
@@ -11,7 +14,6 @@ loop on the bundle's own images).
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shutil
@@ -24,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[3]
+from _common import ROOT, StudyParser
+from instantft.fileio import atomic_write_json, atomic_write_text
+from instantft.progress import progress_bar
+
 TARGETS = {"peak_rss_mb": 16.0, "stripped_binary_kb": 256.0, "aarch64_vs_x86_accuracy_pt": 0.05}
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 
@@ -53,7 +58,8 @@ def measure(method: str, work: Path, qemu: bool) -> dict[str, Any]:
     from instantft.device import ADAPTER_FILE
     from instantft.device.bundle import reference_fit
     from instantft.fileio import load_tensors
-    from instantft.run import finetune
+    from instantft.run import Run, finetune
+    from instantft.settings import Task
 
     bundle = work / method
     if main(["export", "--dataset", "rotmnist", "--angle", "90", "--method", method, "--out", str(bundle), "--json"]):
@@ -62,7 +68,7 @@ def measure(method: str, work: Path, qemu: bool) -> dict[str, Any]:
     _run([str(ROOT / "build/instantft-device"), str(bundle), "--dump-cache", str(work / "x86.cache")])
     x86_adapter = load_tensors(bundle / ADAPTER_FILE)
     want, ref = reference_fit(bundle)
-    python = finetune(method, "rotmnist", angle=90).record
+    python = finetune(Run(method=method, task=Task(dataset="rotmnist", angle=90))).record
     row: dict[str, Any] = {
         "method": method,
         "samples": x86["samples"],
@@ -106,7 +112,8 @@ def markdown(fig: dict[str, Any]) -> str:
     lines = [
         "# instantft-device figures",
         "",
-        f"Command: `{fig['command']}` (commit {fig['commit']}, {fig['date']}, {fig['cpu']}, {fig['note']})",
+        f"Command: `{fig['command']}` (commit {fig['commit']}, {fig['date']}, {fig['cpu']}"
+        + (f", {fig['note']})" if fig.get("note") else ")"),
         "",
         "| figure | skip2-lora | instantft | target |",
         "|---|---|---|---|",
@@ -144,35 +151,40 @@ def markdown(fig: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m instantft.device.figures", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="results/device")
+    p = StudyParser(prog="python studies/device.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(ROOT / "results" / "device"))
     p.add_argument("--no-qemu", action="store_true", help="skip the aarch64 runs")
+    p.add_argument("--note", default="", help="a sentence on the machine, quoted beside the figures")
     args = p.parse_args(argv)
     qemu = not args.no_qemu and shutil.which("qemu-aarch64") is not None
     targets = ["device", "device-aarch64"] if qemu else ["device"]
     subprocess.run(["make", "-s", *targets], cwd=ROOT, check=True)
-    with tempfile.TemporaryDirectory(prefix="instantft-figures-") as tmp:
-        runs = [measure(m, Path(tmp), qemu) for m in ("skip2-lora", "instantft")]
+    with tempfile.TemporaryDirectory(prefix="instantft-figures-") as tmp, progress_bar() as bar:
+        task = bar.add_task("device", total=2, status="")
+        runs = []
+        for m in ("skip2-lora", "instantft"):
+            bar.update(task, status=m)
+            runs.append(measure(m, Path(tmp), qemu))
+            bar.advance(task)
     built = (ROOT / "build/instantft-device", ROOT / "build/instantft-device-aarch64")
     binaries = {b.name: b.stat().st_size for b in built if b.exists()}
     readelf = subprocess.run(["readelf", "-d", str(ROOT / "build/instantft-device")], capture_output=True, text=True)
     needed = [ln.split("[")[1].rstrip("]") for ln in readelf.stdout.splitlines() if "NEEDED" in ln]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "csrc", "src/instantft/device"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    watched = ["csrc", "src/instantft/device", "studies/device.py"]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *watched], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()  # fmt: skip
     fig = {
-        "command": "python -m instantft.device.figures " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python studies/device.py", *(argv if argv is not None else sys.argv[1:])]),
         "commit": commit.stdout.strip() + ("-dirty" if dirty else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_name(),
-        "note": "busy machine (2 cores shared by six agents): the seconds are noisy; RSS, sizes and accuracies are not",
+        "note": args.note,
         "targets": TARGETS,
         "runs": runs,
         "binaries": binaries,
         "needed": needed,
     }
-    from instantft.fileio import atomic_write_json, atomic_write_text
-
     out = Path(args.out)
     atomic_write_json(out / "figures.json", fig)
     atomic_write_text(out / "figures.md", markdown(fig))

@@ -1,5 +1,10 @@
-"""``instantft reproduce``: the paper's Fig. 7 accuracy sweep, the talk's table, the time panel,
-the cache sizes, an ablation of the defaults the paper leaves open, and a report with plots.
+"""The paper's Fig. 7 accuracy sweep (RotMNIST / RotFMNIST, every method, 15°..90°), the talk's
+table (RotFMNIST 75°), the time panel, the cache sizes, an ablation of the defaults the paper
+leaves open, the SVHN N-sweep where SVHN is on disk, the backbones study (backbones.py) and the
+fixed-point study (fixedpoint.py), and ``report.md`` with its tables and plots:
+
+    python studies/fig7.py --jobs 2 --out results/reproduce      (or: instantft reproduce --jobs 2)
+    python studies/fig7.py --quick                               (2 seeds, 45° and 90°: minutes)
 
 Every fine-tuning run is one object in ``results.json`` keyed by (study, dataset, angle, method,
 seed, variant). The file is rewritten atomically after each group of runs, and a re-run skips
@@ -10,71 +15,27 @@ in parallel processes (one torch thread each).
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
 import statistics
+import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from functools import lru_cache
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from instantft.analysis.paper import PAPER_NAMES
+import _fig7_report as report
+import backbones as backbones_study
+import fixedpoint as fixedpoint_study
+from _common import METHODS, ROOT, Group, StudyParser, run_groups
 from instantft.errors import InstantFTError
-from instantft.experiments.runner import run_pending
 from instantft.fileio import atomic_write_json
-from instantft.progress import progress_bar
 
 ANGLES = (15, 30, 45, 60, 75, 90)
 DATASETS = ("rotmnist", "rotfmnist")
-#: the methods in the order of the paper's figures and the talk's table
-METHODS = ("none", "ft-all", "ft-last", "ft-bias", "lora-all", "lora-last", "skip-lora", "skip2-lora", "instantft")
-#: display names: the paper's, with the talk's name for InstantFT's method
-LABELS = {"none": "No fine-tuning", **PAPER_NAMES, "instantft": "InstantFT (Quant Skip2-LoRA)"}
-
-#: Figures reported by the paper and the talk: printed beside ours, never used to compute anything.
-PAPER_REPORTED: dict[str, Any] = {
-    "accuracy_90": {
-        ("rotmnist", "instantft"): 91.8,
-        ("rotmnist", "lora-all"): 91.2,
-        ("rotfmnist", "instantft"): 77.9,
-        ("rotfmnist", "lora-all"): 75.1,
-    },
-    "drop_15_to_90": {
-        ("rotmnist", "instantft"): 5.2,
-        ("rotmnist", "lora-all"): 5.7,
-        ("rotfmnist", "instantft"): 2.8,
-        ("rotfmnist", "lora-all"): 6.2,
-    },
-    "talk_75": {
-        "none": 9.18,
-        "ft-last": 60.94,
-        "lora-last": 53.81,
-        "lora-all": 75.59,
-        "skip-lora": 73.54,
-        "skip2-lora": 73.54,
-        "instantft": 74.02,
-    },
-    "talk_seconds_rpi": {
-        "ft-last": 18.09,
-        "lora-last": 18.09,
-        "lora-all": 114.15,
-        "skip-lora": 19.84,
-        "skip2-lora": 3.90,
-        "instantft": 4.27,
-    },
-    "talk_cache_kb": {"skip2-lora": 7336, "instantft": 1036},
-    "svhn_smallest_n": {"instantft": 79.0, "lora-all": 81.7},
-    "svhn_drop": {"instantft": 9.4, "lora-all": 6.7},
-    "speedups": {"lora-all->skip-lora": 4.8, "skip-lora->skip2-lora": 5.1, "nf4_overhead": 0.088},
-    "cache_mb": {"fp32_1024": 7.33, "nf4_1024": 1.02, "fp32_73257": 524.52, "nf4_73257": 72.89},
-}
-
 #: The ablation of the two choices the paper does not state (see the README).
 ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
     "drop-last, A~N(0,0.1²)": {"drop_last": True, "init": "gaussian", "init_std": 0.1},
@@ -87,129 +48,7 @@ ABLATION_VARIANTS: dict[str, dict[str, Any]] = {
 ABLATION_METHODS = ("lora-all", "instantft")
 #: SVHN pre-training sizes N from SVHN-extra (paper §5.1)
 SVHN_NS = (30000, 60000, 120000, 180000, 521131)
-#: the bundled non-paper backbones of the any-model study (LeNet-5's runs come from Fig. 7)
-BACKBONE_FAMILIES = ("mlp", "resnet8")
-#: the learning rate of the study on a backbone where the paper's (0.1) diverges: ResNet-8's
-#: 6,272-wide taps and BatchNorm-free fine-tuning (eval mode) blow up at 0.1 for 5 of 8 methods
-#: (seed-0 probe: 0.03 still diverges for ft-all, 0.01 trains every method)
-BACKBONE_LR: dict[str, float] = {"resnet8": 0.01}
-PAPER_LR_SEEDS = 2
 STUDIES = ("fig7", "ablation", "svhn", "backbones", "timing", "fixedpoint")
-
-
-@dataclass(frozen=True)
-class Group:
-    """Runs that share a task: one (study, dataset, angle, seed, variant) and several methods."""
-
-    study: str
-    dataset: str
-    angle: float
-    seed: int
-    methods: tuple[str, ...]
-    variant: str = "default"
-    overrides: tuple[tuple[str, Any], ...] = ()
-    samples: int = 1024
-    eval_samples: int | None = None
-    checkpoint: str | None = None  # None: the bundled backbone of the dataset
-    backbone: str = "lenet5"  # the bundled family (models.FAMILIES) when no checkpoint is given
-
-
-def run_key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["study"], r["dataset"], float(r["angle"]), r["method"], int(r["seed"]), r.get("variant", "default"))
-
-
-@lru_cache(maxsize=4)
-def _backbone(dataset: str, checkpoint: str | None, family: str = "lenet5") -> Any:
-    from instantft.run import load_backbone
-
-    return load_backbone(dataset, checkpoint, family)
-
-
-def run_group(group: Group, threads: int | None = None, data_dir: str | None = None) -> list[dict[str, Any]]:
-    """Run every method of a group (in a worker process or inline)."""
-    from instantft.data import make_task
-    from instantft.machine import machine_info
-    from instantft.models import accuracy, predict
-    from instantft.run import config_for, finetune
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    backbone = _backbone(group.dataset, group.checkpoint, group.backbone)
-    config = config_for(group.dataset, seed=group.seed, **dict(group.overrides))
-    task = make_task(
-        group.dataset,
-        angle=group.angle,
-        seed=group.seed,
-        samples=group.samples,
-        eval_samples=group.eval_samples,
-        data_dir=data_dir,
-    )
-    machine = machine_info()
-    backbone[0].eval()
-    before = accuracy(predict(backbone[0], task.evaluate.images), task.evaluate.labels)
-    out = []
-    for method in group.methods:
-        rec = finetune(
-            method,
-            group.dataset,
-            config=config,
-            backbone=backbone,
-            task=task,
-            record_divergence=True,
-            accuracy_before=before,
-        ).record
-        rec.update(
-            study=group.study,
-            variant=group.variant,
-            backbone=group.backbone,
-            machine=machine,
-            package_version=machine["instantft"],
-            git_commit=machine["git_commit"],
-        )
-        out.append(rec)
-    return out
-
-
-def load_results(path: Path) -> list[dict[str, Any]]:
-    """The runs already in ``path``, each validated (:class:`instantft.records.RunRecord`)."""
-    from instantft.records import RunRecord, parse_json, validate_list
-
-    if not path.is_file():
-        return []
-    data = parse_json(path.read_bytes(), f"{path} (move it away to start afresh)", max_bytes=1 << 28)
-    validate_list(RunRecord, data, str(path))
-    return list(data)
-
-
-def run_groups(
-    groups: Sequence[Group],
-    results_path: Path,
-    jobs: int = 1,
-    show_progress: bool = True,
-    data_dir: str | None = None,
-    description: str = "reproduce",
-) -> list[dict[str, Any]]:
-    """Run the groups whose runs are not yet in ``results_path``; save after every group."""
-    results = load_results(results_path)
-    done = {run_key(r) for r in results}
-    todo = []
-    for g in groups:
-        missing = tuple(m for m in g.methods if (g.study, g.dataset, float(g.angle), m, g.seed, g.variant) not in done)
-        if missing:
-            todo.append(replace(g, methods=missing))
-    total = sum(len(g.methods) for g in groups)
-    with progress_bar(show_progress) as bar:
-        task = bar.add_task(description, total=total, completed=total - sum(len(g.methods) for g in todo), status="")
-
-        def finish(records: list[dict[str, Any]], g: Group) -> None:
-            results.extend(records)
-            atomic_write_json(results_path, results)
-            bar.advance(task, len(records))
-            bar.update(task, status=f"{g.dataset} {g.angle:g}° seed {g.seed} {g.variant}")
-
-        work = functools.partial(run_group, threads=1 if jobs > 1 else None, data_dir=data_dir)
-        run_pending(todo, work, lambda g, records: finish(records, g), jobs)
-    return results
 
 
 # --- timing (Fig. 7 time panel, the talk's table) ----------------------------------------------
@@ -230,6 +69,7 @@ def time_methods(
     from instantft.methods import create
     from instantft.models import predict
     from instantft.run import config_for, load_backbone
+    from instantft.settings import Runtime
 
     torch.set_num_threads(threads)
     model, _ = load_backbone(dataset)
@@ -237,10 +77,10 @@ def time_methods(
     config = config_for(dataset, seed=seed, epochs=epochs)
     # each method as it runs by default, plus the cached methods on the plain torch reference loop:
     # the same loop Skip-LoRA uses, so the cache's own gain is seen apart from the compiled engine's
-    runs = {m: (m, config) for m in methods}
+    runs = {m: (m, config, Runtime()) for m in methods}
     runs.update(
         {
-            f"{m} (reference loop)": (m, replace(config, engine="reference"))
+            f"{m} (reference loop)": (m, config, Runtime(engine="reference"))
             for m in ("skip2-lora", "instantft")
             if m in runs
         }
@@ -249,8 +89,8 @@ def time_methods(
     cache_bytes: dict[str, int] = {}
     infer: list[float] = []
     for rep in range(repeats + 1):
-        for label, (name, cfg) in runs.items():
-            fit = create(name, model, cfg).fit(task.finetune)
+        for label, (name, cfg, runtime) in runs.items():
+            fit = create(name, model, cfg, runtime=runtime).fit(task.finetune)
             if rep:
                 seconds[label].append(fit.seconds)
             cache_bytes[label] = fit.cache_bytes
@@ -293,31 +133,9 @@ def cache_sizes() -> dict[str, int]:
     return out
 
 
-# --- summaries ------------------------------------------------------------------------------
-def summarise(results: Sequence[dict[str, Any]], study: str, variant: str = "default") -> dict[tuple, dict]:
-    """(dataset, angle, method) -> mean/std/n of accuracy_after in % and diverged count."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in results:
-        if r["study"] == study and r.get("variant", "default") == variant:
-            groups.setdefault((r["dataset"], float(r["angle"]), r["method"]), []).append(r)
-    out = {}
-    for key, rs in groups.items():
-        acc = [100 * r["accuracy_after"] for r in rs]
-        out[key] = {
-            "mean": statistics.fmean(acc),
-            "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-            "n": len(acc),
-            "diverged": sum(1 for r in rs if r.get("diverged")),
-            "seed0": next((100 * r["accuracy_after"] for r in rs if r["seed"] == 0), math.nan),
-            "seconds": statistics.median([r["finetune_seconds"] for r in rs if not r.get("diverged")] or [math.nan]),
-            "cache_bytes": max(r["cache_bytes"] for r in rs),
-        }
-    return out
-
-
 @dataclass
 class ReproduceConfig:
-    out: Path = Path("results/reproduce")
+    out: Path = ROOT / "results" / "reproduce"
     seeds: int = 10
     quick: bool = False
     jobs: int = 1
@@ -336,7 +154,7 @@ class ReproduceConfig:
     svhn_ns: tuple[int, ...] = SVHN_NS
     svhn_samples: int = 73257
     #: the any-backbone study: every method on these bundled families beside LeNet-5 (90°)
-    backbones: tuple[str, ...] = BACKBONE_FAMILIES
+    backbones: tuple[str, ...] = backbones_study.FAMILIES
     #: run only these studies (default: all); "backbones" alone adds that study to a finished run
     only: tuple[str, ...] = ()
 
@@ -357,8 +175,8 @@ class ReproduceConfig:
 
 def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     """Run everything, write results.json, tables, plots and report.md into ``cfg.out``."""
+    import backbones as backbones_study
     from instantft.analysis.table1 import table1_markdown
-    from instantft.experiments import report
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,24 +198,14 @@ def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
                 for s in seeds
             ]
     if cfg.wants("backbones"):
-        for family in cfg.backbones:
-            lr = BACKBONE_LR.get(family)
-            tuned = (("lr", lr),) if lr is not None else ()
-            # seed-major order: an interrupted study still covers every dataset, with fewer seeds
-            groups += [Group("backbones", d, 90.0, s, METHODS, family, base + tuned, n, n_eval, backbone=family)
-                       for s in seeds for d in cfg.datasets]  # fmt: skip
-            if lr is not None:  # the paper's lr on this backbone too, on fewer seeds: what it does there
-                groups += [Group("backbones", d, 90.0, s, METHODS, f"{family}, paper lr", base, n, n_eval,
-                                 backbone=family) for s in seeds[:PAPER_LR_SEEDS] for d in cfg.datasets]  # fmt: skip
+        groups += backbones_study.groups(cfg.backbones, cfg.seeds, cfg.datasets, base, n, n_eval)
     svhn = svhn_groups(cfg, out) if cfg.wants("svhn") else "SVHN N-sweep not requested."
     if isinstance(svhn, list):
         groups += svhn
     results = run_groups(groups, results_path, cfg.jobs, cfg.show_progress, cfg.data_dir)
     extras: dict[str, Any] = {"svhn": svhn if isinstance(svhn, str) else ""}
     if cfg.wants("backbones"):
-        from instantft.experiments.backbones_study import write_backbones_report
-
-        extras["backbones"] = write_backbones_report(out, results, cfg.backbones)
+        extras["backbones"] = backbones_study.write_backbones_report(out, results, cfg.backbones)
     if cfg.only and "timing" not in cfg.only:
         return extras  # a partial run: the main report needs every study
     timing = _timing(out / "timing.json", cfg)
@@ -406,8 +214,14 @@ def reproduce(cfg: ReproduceConfig) -> dict[str, Any]:
     )  # fmt: skip
     if cfg.fixedpoint and cfg.wants("fixedpoint"):
         extras["fixedpoint"] = _fixedpoint(out / "fixedpoint", cfg)
-    report.write_all(out, results, extras, cfg)
+    ablation = (ABLATION_VARIANTS, ABLATION_METHODS) if cfg.ablation else None
+    report.write_all(out, results, extras, datasets=cfg.datasets, ablation=ablation, command=command(cfg))
     return extras
+
+
+def command(cfg: ReproduceConfig) -> str:
+    """The command line that makes this report (as its first paragraph quotes it)."""
+    return f"python studies/fig7.py{' --quick' if cfg.quick else ''} --seeds {cfg.seeds}"
 
 
 def _timing(path: Path, cfg: ReproduceConfig) -> dict[str, Any]:
@@ -444,6 +258,7 @@ def svhn_groups(cfg: ReproduceConfig, out: Path) -> list[Group] | str:
     split. Returns the groups, or a note saying why the sweep is skipped."""
     from instantft.data import files
     from instantft.pretrain import PretrainConfig, pretrain_to_file
+    from instantft.settings import Training
 
     if not cfg.svhn_ns:
         return "SVHN N-sweep not requested."
@@ -456,7 +271,8 @@ def svhn_groups(cfg: ReproduceConfig, out: Path) -> list[Group] | str:
     for n in cfg.svhn_ns:
         ckpt = out / "svhn" / f"lenet5-svhn-extra{n}.safetensors"
         if not ckpt.is_file():
-            config = PretrainConfig("svhn", samples=n, epochs=cfg.epochs or 10, seed=0)
+            training = Training(epochs=cfg.epochs or 10, seed=0)
+            config = PretrainConfig(dataset="svhn", samples=n, training=training)
             pretrain_to_file(config, ckpt, data_dir=cfg.data_dir, show_progress=cfg.show_progress)
         groups += [
             Group("svhn", "svhn", 0.0, s, METHODS, f"N={n}", base, cfg.svhn_samples, cfg.eval_samples, str(ckpt))
@@ -466,40 +282,44 @@ def svhn_groups(cfg: ReproduceConfig, out: Path) -> list[Group] | str:
 
 
 def _fixedpoint(out: Path, cfg: ReproduceConfig) -> dict[str, Any]:
-    from instantft.experiments.fixedpoint_study import run_study
-
-    return run_study(out, seeds=cfg.seeds, quick=cfg.quick, jobs=cfg.jobs, data_dir=cfg.data_dir)
+    return fixedpoint_study.run_study(out, seeds=cfg.seeds, quick=cfg.quick, jobs=cfg.jobs, data_dir=cfg.data_dir)
 
 
-def add_reproduce(sub: Any) -> None:
-    from instantft.config import common
 
-    p = sub.add_parser("reproduce", parents=[common()], help="reproduce the paper's figures and tables")
+
+def main(argv: list[str] | None = None) -> int:
+    p = StudyParser(prog="python studies/fig7.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 seeds, 45° and 90° (a few minutes)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
-    p.add_argument("--out", default="results/reproduce")
+    p.add_argument("--out", default=str(ReproduceConfig.out), help="default: results/reproduce of this checkout")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation of the unstated defaults")
     p.add_argument("--no-fixedpoint", action="store_true", help="skip the fixed-point column and format sweep")
     p.add_argument("--timing-repeats", type=int, default=5)
-    p.add_argument(
-        "--only", default=None, help=f"comma-separated studies to run (default all): {', '.join(STUDIES)}"
-    )
-    p.set_defaults(func=cmd_reproduce)
-
-
-def cmd_reproduce(args: Any) -> int:
-    cfg = ReproduceConfig(
-        out=Path(args.out),
-        seeds=args.seeds,
-        quick=args.quick,
-        jobs=args.jobs,
-        timing_repeats=args.timing_repeats,
-        ablation=not args.no_ablation,
-        fixedpoint=not args.no_fixedpoint,
-        data_dir=args.data_dir,
-        only=tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else (),
-    )
-    reproduce(cfg)
+    p.add_argument("--only", default=None, help=f"comma-separated studies to run (default all): {', '.join(STUDIES)}")
+    p.add_argument("--data-dir", default=None, help="where the datasets are (default: INSTANTFT_DATA or the cache)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        cfg = ReproduceConfig(
+            out=Path(args.out),
+            seeds=args.seeds,
+            quick=args.quick,
+            jobs=args.jobs,
+            timing_repeats=args.timing_repeats,
+            ablation=not args.no_ablation,
+            fixedpoint=not args.no_fixedpoint,
+            show_progress=args.progress,
+            data_dir=args.data_dir,
+            only=tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else (),
+        )
+        reproduce(cfg)
+    except InstantFTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"report written to {Path(args.out) / 'report.md'}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

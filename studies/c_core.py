@@ -1,38 +1,49 @@
-"""The C core's figures for ``instantft bench`` (issue 10 §5): the frozen forward (the cache fill)
-against ONNX Runtime and torch on the same LeNet-5 and images, fine-tune ÷ inference-only, the
-thread scaling, and the instruction counts of the fill and of one epoch under
-``valgrind --tool=callgrind`` (repeatable where wall time is not: this machine is shared).
+"""The C core beside other software: the frozen forward (the cache fill) against ONNX Runtime
+and torch on the same LeNet-5 and images, the C and numba engines end to end, fine-tune ÷
+inference-only, the thread scaling, cold start, and the instruction counts of the fill and of one
+epoch under ``valgrind --tool=callgrind`` (repeatable where wall time is not):
+
+    python studies/c_core.py --out results/c_core          (needs the 'bench' extra: onnxruntime, onnx)
 
 Wall times are medians of interleaved rounds in one process (the same threads for every peer);
 instruction counts come from ``csrc/bench/bench_core.c``, a small benchmark program compiled here
 with the system compiler (it is not the library: nothing the package runs is compiled at run
 time). Valgrind does not emulate AVX-512, so the counts are of the AVX2 kernels (recorded).
+``instantft bench`` times the same engines without the peers.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
-import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from _common import ROOT, StudyParser
+from instantft import bench
 from instantft.backbones import Backbone
 from instantft.data import ImageSet
-from instantft.engine import cengine, numba_available
-from instantft.engine.chain import chain_for, flops_per_sample
+from instantft.engine import cengine
+from instantft.engine.chain import chain_for
 from instantft.engine.fit import Schedule
 from instantft.engine.layout import Layout
+from instantft.errors import InstantFTError
+from instantft.extras import require
+from instantft.fileio import atomic_write_text
 from instantft.training import FineTuneConfig
 
-CSRC = Path(__file__).resolve().parents[3] / "csrc"
+CSRC = ROOT / "csrc"
 #: (mode of bench_core, the entry point whose instructions are counted)
 CALLGRIND_MODES = (
     ("fill", "ift_cache_fill_chain"),
@@ -42,16 +53,11 @@ CALLGRIND_MODES = (
 )
 
 
-def _median_ms(times: list[float]) -> float:
-    return 1e3 * statistics.median(times)
-
-
-def ort_session(model: torch.nn.Module, example: torch.Tensor, threads: int, tmp: Path) -> Any | None:
-    """ONNX Runtime's CPU session for ``model`` exported with ``torch.onnx.export``, or None."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
+def ort_session(model: torch.nn.Module, example: torch.Tensor, threads: int, tmp: Path) -> Any:
+    """ONNX Runtime's CPU session for ``model`` exported with ``torch.onnx.export`` (which needs
+    the onnx package: both come with the 'bench' extra)."""
+    ort = require("bench", "onnxruntime", "studies/c_core.py (the ONNX Runtime peer)")
+    require("bench", "onnx", "studies/c_core.py (torch.onnx.export)")
     path = tmp / "model.onnx"
     axes = {"x": {0: "n"}, "logits": {0: "n"}}
     try:
@@ -179,46 +185,21 @@ def core_figures(
     repeats: int,
     log: Callable[[str], None],
     callgrind: bool = True,
+    onnxruntime: bool = True,
 ) -> dict[str, Any]:
-    """The frozen forward of the run's 1,024 images by every peer, interleaved, median ms."""
+    """The frozen forward of the run's images by every peer, interleaved, median ms; then the
+    bench program's times and instruction counts."""
     backbone = Backbone(model)
-    chain = chain_for(backbone)
-    out: dict[str, Any] = {"kernels": cengine.build_info() if cengine.available() else None}
-    if chain is None:
-        return out
     images = data.images.contiguous()
     x = images.numpy()
-    rows = np.empty((len(x), chain.row_width), np.float32)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        session = ort_session(model, images[:2], threads, tmp)
-        peers: dict[str, Callable[[], Any]] = {
-            "c_fill": lambda: chain.fill(x, rows, threads),
-            "c_fill_1_thread": lambda: chain.fill(x, rows, 1),
-            "torch_eager": lambda: model(images),
-        }
-        if session is not None:
+        peers: dict[str, Callable[[], Any]] = {}
+        if onnxruntime:
+            session = ort_session(model, images[:2], threads, tmp)
             peers["onnxruntime"] = lambda: session.run(["logits"], {"x": x})
-        if numba_available():
-            from instantft.engine.fill import compiled_rows_into, lenet_fast_path
-
-            if lenet_fast_path(backbone):
-                out_rows = torch.empty(len(x), chain.row_width)
-                peers["numba_fill"] = lambda: compiled_rows_into(backbone, images, out_rows)
-        times: dict[str, list[float]] = {k: [] for k in peers}
-        with torch.no_grad():
-            for f in peers.values():  # warm-up (first calls, allocations)
-                f()
-            for rnd in range(repeats):
-                log(f"frozen forward round {rnd + 1}/{repeats}")
-                for name, f in peers.items():
-                    t = time.perf_counter()
-                    f()
-                    times[name].append(time.perf_counter() - t)
-        out["forward_ms"] = {k: _median_ms(v) for k, v in times.items()}
-        out["forward_runs_ms"] = {k: [1e3 * t for t in v] for k, v in times.items()}
-        out["forward_flops"] = flops_per_sample(chain) * len(x)
-        if callgrind:  # the bench program is compiled here (a developer tool, not the library)
+        out = bench.forward_times(model, data, threads, repeats, log, peers)
+        if callgrind and chain_for(backbone) is not None:  # the bench program is compiled here, not the library
             dump = tmp / "lenet.bin"
             cengine.write_dump(dump, core_dump(backbone, data, config))
             log("bench program (fill, NF4 fill, one epoch)")
@@ -228,53 +209,79 @@ def core_figures(
     return out
 
 
+def program_markdown(core: dict[str, Any], threads: int) -> list[str]:
+    """Instruction counts under callgrind and the bench program's times (no Python)."""
+    lines: list[str] = []
+    cg = core.get("callgrind")
+    if cg:
+        lines += ["", "| callgrind (one thread) | instructions | entry point | kernels |", "|---|---:|---|---|"]
+        for mode, c in cg.items():
+            lines.append(f"| {mode} | {c['instructions']:,} | `{c['entry']}` | {c['kernels']} |")
+    prog = core.get("program_ms")
+    if prog:
+        lines += ["", "bench program (csrc/bench/bench_core.c, no Python), median ms: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in prog.items())
+                  + f" ({threads} threads); one thread: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in (core.get("program_ms_1_thread") or {}).items())]  # fmt: skip
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m instantft.experiments.core_bench [--out DIR]``: issue 10's figures alone (the C
-    and numba engines end to end, the frozen forward peers, threads, cold start, callgrind), the
-    part of ``instantft bench`` that does not run the slow baselines."""
-    import argparse
-    import functools
-    import sys
-    from dataclasses import replace
-
-    from instantft.experiments import bench as full
-    from instantft.fileio import atomic_write_text
-    from instantft.methods import create
-    from instantft.models import LeNet5
-    from instantft.run import config_for, load_backbone
-
-    p = argparse.ArgumentParser(prog="python -m instantft.experiments.core_bench")
+    p = StudyParser(prog="python studies/c_core.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--angle", type=float, default=90.0)
-    p.add_argument("--out", default=None, help="write DIR/c_core.json and DIR/c_core.md")
+    p.add_argument("--out", default=None, help="write DIR/c_core.json and DIR/c_core.md (e.g. results/c_core)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--no-onnxruntime", dest="onnxruntime", action="store_false", help="skip the ONNX Runtime peer")
+    p.add_argument("--no-callgrind", dest="callgrind", action="store_false",
+                   help="skip the bench program (compiled here) and its instruction counts")  # fmt: skip
     args = p.parse_args(argv)
+    try:
+        return run(args, argv)
+    except InstantFTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from instantft.data import make_task
+    from instantft.methods import create
+    from instantft.models import LeNet5
+    from instantft.progress import progress_bar
+    from instantft.run import config_for, load_backbone
+
     args.checkpoint, args.compile_check = None, False
+    if args.onnxruntime:  # before any work: one line if the extra is missing
+        require("bench", "onnxruntime", "studies/c_core.py (the ONNX Runtime peer)")
+        require("bench", "onnx", "studies/c_core.py (torch.onnx.export)")
     torch.set_num_threads(args.threads)
-    load_before = full.load_average()
+    load_before = bench.load_average()
     model, _meta = load_backbone("rotmnist")
     assert isinstance(model, LeNet5)
-    from instantft.data import make_task
-
     task = make_task("rotmnist", angle=args.angle, samples=args.samples, seed=0, data_dir=args.data_dir)
     data, config = task.finetune, config_for("rotmnist")
-    rows = [(f"{m}[{e}]", m, e) for e in ("c", "numba") for m in ("skip2-lora", "instantft") if full._engine_ok(e)]
+    rows = [(f"{m}[{e}]", m, e) for e in ("c", "numba") for m in ("skip2-lora", "instantft") if bench.engine_ok(e)]
     makers = {row: functools.partial(create, m, model, replace(config, engine=e)) for row, m, e in rows}
     runs: dict[str, list[float]] = {row: [] for row in makers}
     steps = 0
-    for make in makers.values():  # warm-up
-        steps = full.timed_fit(make, data)[1].steps
     gflops = []
-    for _ in range(args.repeats):
-        gflops.append(full.sgemm_gflops())
-        for row, make in makers.items():
-            runs[row].append(full.timed_fit(make, data)[0])
+    with progress_bar() as bar:
+        task_id = bar.add_task("engines", total=len(makers) * (1 + args.repeats), status="warm-up")
+        for make in makers.values():  # warm-up
+            steps = bench.timed_fit(make, data)[1].steps
+            bar.advance(task_id)
+        for rnd in range(args.repeats):
+            bar.update(task_id, status=f"round {rnd + 1}/{args.repeats}")
+            gflops.append(bench.sgemm_gflops())
+            for row, make in makers.items():
+                runs[row].append(bench.timed_fit(make, data)[0])
+                bar.advance(task_id)
     torch.set_num_threads(1)
-    one = [full.timed_fit(makers["skip2-lora[c]"], data)[0] for _ in range(args.repeats)]
+    one = [bench.timed_fit(makers["skip2-lora[c]"], data)[0] for _ in range(args.repeats)]
     torch.set_num_threads(args.threads)
-    flops = full.skip_run_flops(model, config, len(data), steps, config.batch_size)
+    flops = bench.skip_run_flops(model, config, len(data), steps, config.batch_size)
     sgemm = max(gflops)
     methods = {
         row: {
@@ -284,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         for row, r in runs.items()
     }
-    core = core_figures(model, data, config, args.threads, args.repeats, lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    core = core_figures(model, data, config, args.threads, args.repeats, log, args.callgrind, args.onnxruntime)
     core["skip2_lora_c_1_thread_seconds"] = statistics.median(one)
     core["skip2_lora_c_1_thread_runs"] = one
-    cold = full.cold_start(args, empty_numba_cache=False)
+    cold = bench.cold_start(args, empty_numba_cache=False)
     out: dict[str, Any] = {
         "methods": methods,
         "core": core,
@@ -295,13 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         "flops": flops,
         "cold_start": cold,
         "cold_start_seconds": cold["skip2-lora"]["first"] if cold else None,
-        "machine": {**full.machine(args.threads), "load_average_before": load_before,
-                    "load_average_after": full.load_average()},
-        "command": "python -m instantft.experiments.core_bench " + " ".join(argv or sys.argv[1:]),
+        "machine": {**bench.machine(args.threads), "load_average_before": load_before,
+                    "load_average_after": bench.load_average()},
+        "command": " ".join(["python studies/c_core.py", *(argv if argv is not None else sys.argv[1:])]),
     }  # fmt: skip
-    out["targets_c_core"] = full.targets_c_core(out)
-    text = "\n".join(["# instantft C core (issue 10)", "", *full.core_markdown(out), "",
-                      f"Reproduce: `{out['command']}`", ""])  # fmt: skip
+    out["targets_c_core"] = bench.targets_c_core(out)
+    title = "# instantft C core beside " + ("ONNX Runtime and torch" if args.onnxruntime else "torch")
+    text = "\n".join([title, "", *bench.core_markdown(out),
+                      *program_markdown(core, args.threads), "", f"Reproduce: `{out['command']}`", ""])  # fmt: skip
     if args.out:
         d = Path(args.out)
         d.mkdir(parents=True, exist_ok=True)
@@ -312,4 +321,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,18 +1,18 @@
-"""The on-the-fly study (issue 11): schedules × methods × seeds on LeNet-5 / RotMNIST, plus
-fixed-speed streams, retention policies and capacities, and when-to-adapt variants.
+"""The on-the-fly study: schedules × methods × seeds on LeNet-5 / RotMNIST, plus fixed-speed
+streams, retention policies and capacities, when-to-adapt variants and a second backbone:
 
-    nice -n 10 python -m instantft.experiments.stream_study --seeds 5 --out results/stream
+    nice -n 10 python studies/stream.py --seeds 5 --out results/stream
 
 Every run is :func:`instantft.stream.run_stream` with the CLI's defaults unless the group
 says otherwise. One stream is drawn per (schedule, seed) and shared by all its runs. Results
 are saved after every run (``runs.json``, atomically) and a re-run resumes; ``summary.json``,
 ``summary.md`` and the plots are rebuilt from ``runs.json`` at the end (``--report-only`` does
 just that). Peak memory is measured per method in a fresh process (``instantft stream --json``).
+Needs the 'studies' extra (river's detectors, matplotlib).
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import platform
@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common import ROOT, StudyParser, pyplot
 from instantft.errors import InstantFTError
-from instantft.fileio import atomic_write_json, atomic_write_text
+from instantft.fileio import atomic_write, atomic_write_json, atomic_write_text
+from instantft.progress import progress_bar
 
 SCHEDULES = ("gradual", "abrupt", "recurring", "corrupt")
 METHODS = ("none", "ft-last", "lora-all", "skip-lora", "skip2-lora", "instantft")
@@ -91,9 +93,12 @@ def run_study(
     phase_length: int = 1000,
     groups: tuple[str, ...] | None = None,
     runs_name: str = "runs.json",
+    show_progress: bool = True,
 ) -> None:
     from instantft.run import load_backbone
+    from instantft.settings import FineTuneConfig
     from instantft.stream import StreamConfig, build_stream, run_stream
+    from instantft.stream.config import ADAPT_EPOCHS
     from instantft.stream.loop import load_stream_backbone
 
     torch.set_num_threads(1)
@@ -109,33 +114,31 @@ def run_study(
     # the schedule x method grid and the fixed-speed runs for every seed first, then the
     # InstantFT-only variants: if time runs short, what is missing is a variant's seeds
     waves = [("main", "fixed_speed"), ("retention", "trigger"), ("backbone",)]
-    for wave, seed, schedule in itertools.product(waves, range(seeds), SCHEDULES):
-        mine = [(g, s, m, kw) for g, s, m, kw in todo if s == schedule and g in wave]
-        if all(run_key(g, s, m, kw, seed) in done for g, s, m, kw in mine):
-            continue
-        stream = build_stream("rotmnist", schedule, phase_length=phase_length, seed=seed, heldout=500)
-        for group, s, method, kw in mine:
-            key = run_key(group, s, method, kw, seed)
-            if key in done:
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("stream", total=total, completed=count, status="")
+        for wave, seed, schedule in itertools.product(waves, range(seeds), SCHEDULES):
+            mine = [(g, s, m, kw) for g, s, m, kw in todo if s == schedule and g in wave]
+            if all(run_key(g, s, m, kw, seed) in done for g, s, m, kw in mine):
                 continue
-            t0 = time.perf_counter()
-            config = StreamConfig(schedule=schedule, method=method, seed=seed, phase_length=phase_length, **kw)
-            if config.backbone not in backbones:
-                backbones[config.backbone] = load_stream_backbone("rotmnist", config.backbone)
-            report = run_stream(config, backbone=backbones[config.backbone], stream=stream)
-            entry = {"key": key, "group": group, "schedule": s, "method": method, "overrides": kw, "seed": seed}
-            entry.update(compact(report, keep_curve=group in ("main", "fixed_speed", "backbone")))
-            done[key] = entry
-            atomic_write_json(path, list(done.values()))
-            count += 1
-            print(
-                f"[{count}/{total}] {group} {schedule} {method} {kw} seed {seed}: "
-                f"online {report['online_accuracy']:.4f}, {report['adaptations']} adaptations, "
-                f"{time.perf_counter() - t0:.1f} s",
-                flush=True,
-            )
+            stream = build_stream("rotmnist", schedule, phase_length=phase_length, seed=seed, heldout=500)
+            for group, s, method, kw in mine:
+                key = run_key(group, s, method, kw, seed)
+                if key in done:
+                    continue
+                fit = FineTuneConfig(epochs=ADAPT_EPOCHS, seed=seed)
+                config = StreamConfig(schedule=schedule, method=method, phase_length=phase_length, adaptation=fit, **kw)
+                if config.backbone not in backbones:
+                    backbones[config.backbone] = load_stream_backbone("rotmnist", config.backbone)
+                report = run_stream(config, backbone=backbones[config.backbone], stream=stream)
+                entry = {"key": key, "group": group, "schedule": s, "method": method, "overrides": kw, "seed": seed}
+                entry.update(compact(report, keep_curve=group in ("main", "fixed_speed", "backbone")))
+                done[key] = entry
+                atomic_write_json(path, list(done.values()))
+                bar.advance(task)
+                bar.update(task, status=f"{group} {schedule} {method} {kw or ''} seed {seed}: "
+                                        f"online {report['online_accuracy']:.4f}")  # fmt: skip
     meta: dict[str, Any] = {
-        "command": f"nice -n 10 python -m instantft.experiments.stream_study --seeds {seeds} --out {out}"
+        "command": f"nice -n 10 python studies/stream.py --seeds {seeds} --out {out}"
         + (f" --phase-length {phase_length}" if phase_length != 1000 else "")
         + (f" --groups {','.join(groups)} --runs-name {runs_name}" if groups else ""),
         "phase_length": phase_length,
@@ -263,7 +266,7 @@ def _find(rows: list[dict[str, Any]], group: str, schedule: str, method: str, kw
 
 
 def targets(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's four targets, each with its measured figure and met / missed."""
+    """The study's four targets, each with its measured figure and met / missed."""
     out = []
     for s in ("gradual", "abrupt"):
         a, b = _find(rows, "main", s, "instantft"), _find(rows, "main", s, "lora-all")
@@ -337,7 +340,7 @@ def markdown(
     rows: list[dict[str, Any]], tg: list[dict[str, Any]], meta: dict[str, Any], memory: list[dict[str, Any]]
 ) -> str:
     lines = [
-        "# On-the-fly study (issue 11)",
+        "# On-the-fly study",
         "",
         f"Command: `{meta.get('command', '')}` ({meta.get('seeds', '?')} seeds; torch threads 1; finished {meta.get('finished', '?')}).",  # noqa: E501
         "",
@@ -347,9 +350,7 @@ def markdown(
         "samples, sliding window, adapt every 200 samples, 3 epochs per adaptation over what the memory holds, batch 20, "  # noqa: E501
         "lr 0.1, rank 4, arrivals predicted 10 at a time. Means over seeds (± sd).",
         "",
-        f"**Timings were taken on a busy machine** ({meta.get('note', '')}): latencies and the time ratios are noisy; "
-        "the fixed-speed results depend on them.",
-        "",
+        *([f"Timings: {meta['note']}. The fixed-speed results depend on them.", ""] if meta.get("note") else []),
         "## Targets",
         "",
         "| target | measured | |",
@@ -471,13 +472,9 @@ def markdown(
 
 
 def plots(runs: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from instantft.fileio import atomic_write
     from instantft.stream.plot import COLORS, draw
+
+    plt = pyplot()
 
     def save(fig: Any, name: str) -> None:
         atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
@@ -538,7 +535,7 @@ def plots(runs: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -> 
         from matplotlib.ticker import NullFormatter
 
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("total adaptation time per stream (s, busy machine)")
+        ax.set_xlabel("total adaptation time per stream (s)")
         ax.set_ylabel("online accuracy (%)")
         ax.set_title("accuracy vs adaptation cost, all schedules", fontsize=9, pad=14)
         ax.legend(fontsize=7, ncol=2)
@@ -565,16 +562,17 @@ def report(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m instantft.experiments.stream_study", description=__doc__)
+    p = StudyParser(prog="python studies/stream.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--out", default="results/stream")
+    p.add_argument("--out", default=str(ROOT / "results" / "stream"))
     p.add_argument("--phase-length", type=int, default=1000, help="samples per phase (smaller: a quick check)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--memory-only", action="store_true", help="only the per-method peak-memory runs, then the report")
     p.add_argument("--groups", default=None, help="comma-separated groups to run (main, fixed_speed, retention, ...)")
     p.add_argument("--runs-name", default="runs.json", help="runs file (report merges every runs*.json)")
     p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--note", default="2 cores shared by 6 concurrent agents")
+    p.add_argument("--note", default="", help="a sentence on the machine, quoted beside the timings")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -585,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.memory_only:
             measure_memory(out)
         elif not args.report_only:
-            run_study(out, args.seeds, args.note, args.phase_length, groups, args.runs_name)
+            run_study(out, args.seeds, args.note, args.phase_length, groups, args.runs_name, args.progress)
             if not args.skip_memory:
                 measure_memory(out)
         report(out)

@@ -1,1 +1,0 @@
-"""Experiments: reproduce (the paper), bench (speed), fixed-point study."""
