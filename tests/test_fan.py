@@ -186,7 +186,8 @@ def test_finetune_fan_with_no_other_option(capsys):
 
 
 @needs_fan
-def test_device_reaches_pythons_accuracy_on_a_fan_bundle(tmp_path: Path):
+@pytest.mark.parametrize("build", ["device", "device-aarch64"])
+def test_device_reaches_pythons_accuracy_on_a_fan_bundle(build: str, tmp_path: Path):
     from instantft.cli import main
     from instantft.device import ADAPTER_FILE
     from instantft.device.bundle import reference_fit
@@ -194,16 +195,22 @@ def test_device_reaches_pythons_accuracy_on_a_fan_bundle(tmp_path: Path):
 
     if shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler")
-    subprocess.run(["make", "-s", "device"], cwd=ROOT, check=True, capture_output=True)
+    argv = [str(ROOT / "build" / "instantft-device")]
+    if build == "device-aarch64":
+        if shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None:
+            pytest.skip("aarch64 cross compiler or qemu-aarch64 not installed (gcc-aarch64-linux-gnu qemu-user)")
+        argv = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(ROOT / "build" / "instantft-device-aarch64")]
+    subprocess.run(["make", "-s", build], cwd=ROOT, check=True, capture_output=True)
     bundle = tmp_path / "fan"
     assert main(["export", "--dataset", "fan", "--method", "instantft", "--epochs", "3", "--out", str(bundle),
                  "--json"]) == 0  # fmt: skip
-    proc = subprocess.run([str(ROOT / "build" / "instantft-device"), str(bundle)], capture_output=True, text=True)
+    proc = subprocess.run([*argv, str(bundle)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     want, ref = reference_fit(bundle)
     assert out["cache_bytes"] == ref["cache_bytes"] > 0
     assert out["correct_after"] == ref["correct_after"]
+    assert out["accuracy_after"] > out["accuracy_before"] + 0.3
     # the C core standardises as w * x + b, torch as (x - mean) * inv_std: the last bit of a cached value
     # differs and may move it across an NF4 code boundary, so a few adapter elements differ by ~1e-4
     got = load_tensors(bundle / ADAPTER_FILE)
