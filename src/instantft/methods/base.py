@@ -78,6 +78,10 @@ class Method(ABC):
         self.base_fingerprint = model_fingerprint(self.base)
         #: the Forward Cache a cached method fills and trains from (kept across fits on the same data)
         self.cache: ForwardCache | None = None
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027  (a hook: a method that trains nothing of its own adds nothing)
+        """Build what the method trains on the frozen copy (called once, by ``__init__``)."""
 
     # --- the Forward Cache (cached methods) ---------------------------------------------------
     def cache_source(self, data: ImageSet) -> CacheSource:

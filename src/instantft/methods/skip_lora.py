@@ -13,34 +13,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from torch import nn
 
 from instantft.adapters import SkipAdapters
-from instantft.backbones import Backbone, TapSpec
 from instantft.data import ImageSet
 from instantft.engine import resolve_engine
-from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, register, schedule
-from instantft.settings import Runtime
+from instantft.methods.base import FitResult, LossMonitor, Method, register, schedule
 
 FILL_BATCH = 1024
 
 
 class _SkipMethod(Method):
-    def __init__(
-        self,
-        base: Backbone | nn.Module,
-        config: FineTuneConfig,
-        taps: TapSpec = "auto",
-        example: Any = None,
-        runtime: Runtime | None = None,
-    ) -> None:
-        super().__init__(base, config, taps, example, runtime)
+    def setup(self) -> None:
         self.backbone.require_taps(self.name)
-        gen = torch.Generator().manual_seed(config.adapter_seed)
-        self.adapters = SkipAdapters(self.backbone.sizes, self.backbone.num_classes, config, gen)
+        gen = torch.Generator().manual_seed(self.config.adapter_seed)
+        self.adapters = SkipAdapters(self.backbone.sizes, self.backbone.num_classes, self.config, gen)
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return self.adapters.state()
