@@ -161,7 +161,7 @@ class AutogradMethod(Method):
         result.seconds = time.perf_counter() - start
         return result
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def logits(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
         self.model.eval()
         return torch.cat([self.model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])

@@ -107,11 +107,30 @@ class _SkipMethod(Method):
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+        """Base + adapters: in the C core when the engine is ``c`` and the backbone a chain (one
+        call, the device program's predict), else the traced torch forward in batches."""
+        fast = self._c_logits(images)
+        if fast is not None:
+            return fast
         out = []
         for i in range(0, len(images), batch_size):
             xs, base_logits = self.backbone.trace(images[i : i + batch_size])
             out.append(base_logits + self.adapters.delta(xs)[0])
         return torch.cat(out)
+
+    def _c_logits(self, images: torch.Tensor) -> torch.Tensor | None:
+        if resolve_engine(self.runtime.engine) != "c":
+            return None
+        from instantft.engine import cengine
+        from instantft.engine.chain import cached_chain
+        from instantft.engine.layout import Layout
+
+        chain = cached_chain(self.backbone, self.backbone.fingerprint())
+        if chain is None:
+            return None
+        layout = Layout.for_backbone(self.backbone, self.config.rank)
+        packed = cengine.Adapters.pack(layout, self.adapters.A, self.adapters.B, self.config.scale)
+        return torch.from_numpy(chain.predict(images.numpy(), packed, torch.get_num_threads()))
 
     @torch.no_grad()
     def gradients(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
