@@ -17,10 +17,10 @@ from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, create
 from instantft.run import load_backbone
 from instantft.stream import loop as stream_loop
-from instantft.stream.config import StreamConfig
+from instantft.stream.config import StreamConfig, parse_capacity
 from instantft.stream.corruptions import CORRUPTIONS
 from instantft.stream.loop import StreamRun, run_stream
-from instantft.stream.retention import BoundedCache, Reservoir, SlidingWindow, parse_capacity
+from instantft.stream.retention import BoundedCache, Reservoir, SlidingWindow
 from instantft.stream.schedule import parse_schedule
 from instantft.stream.source import StreamSet, apply_transform, build_stream
 

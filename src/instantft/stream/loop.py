@@ -31,8 +31,8 @@ from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, Method, create
 from instantft.models import arch_for, bundled_checkpoint, load_checkpoint
 from instantft.settings import Runtime
-from instantft.stream.config import StreamConfig
-from instantft.stream.retention import BoundedCache, Retention, make_retention, parse_capacity, row_bytes
+from instantft.stream.config import StreamConfig, parse_capacity
+from instantft.stream.retention import BoundedCache, Retention, make_retention, row_bytes
 from instantft.stream.source import Stream, StreamSet, build_stream
 from instantft.stream.trigger import Trigger
 
