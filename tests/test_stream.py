@@ -316,3 +316,11 @@ def test_registered_as_instantft_stream(capsys):
 
     assert main(["stream", "--arrival-ms", "-2"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: --arrival-ms")
+
+
+def test_cli_adaptation_epochs_default_to_three_whatever_else_is_given(capsys):
+    args = ["--schedule", "rot(0):40,rot(90):40", "--cache-capacity", "40", "--adapt-every", "40",
+            "--heldout", "20", "--json", "--lr", "0.05"]  # fmt: skip
+    assert stream_main(args) == 0
+    adaptation = json.loads(capsys.readouterr().out)["config"]["adaptation"]
+    assert adaptation["epochs"] == 3 and adaptation["lr"] == 0.05

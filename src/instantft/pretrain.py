@@ -5,45 +5,22 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from instantft.data import ImageSet, pretraining_set
 from instantft.errors import InstantFTError
 from instantft.models import accuracy, arch_for, build, predict, save_checkpoint
 from instantft.progress import progress_bar
-from instantft.settings import MAX_SAMPLES, Settings, Training, training_for
+from instantft.settings import PretrainConfig
 
 
-class PretrainConfig(Settings):
-    """What ``instantft pretrain`` trains: a backbone family on a base dataset, with the paper's
-    schedule (:class:`~instantft.settings.Training`: SGD, 10 epochs, batch 20, lr 0.1; SVHN 0.025)."""
-
-    dataset: Literal["mnist", "fmnist", "svhn"] = "mnist"
-    """Base dataset."""
-    samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None
-    """First N training samples (default: all)."""
-    backbone: Literal["lenet5", "mlp", "resnet8"] = "lenet5"
-    """Architecture family: lenet5 (the paper's), mlp (3 layers) or resnet8 (BatchNorm, residual blocks)."""
-    training: Training = Training()
-
-    @model_validator(mode="after")
-    def _known(self) -> PretrainConfig:
-        arch_for(self.backbone, self.dataset)  # one line if this family has no network for the dataset
-        return self
-
-    @property
-    def arch(self) -> str:
-        return arch_for(self.backbone, self.dataset)
-
-    @property
-    def schedule(self) -> Training:
-        """The training settings with the dataset's own learning rate unless one was given."""
-        return training_for(self.dataset, self.training)
+def arch_of(config: PretrainConfig) -> str:
+    """The in-tree architecture of the family for the dataset; one line if it has none."""
+    return arch_for(config.backbone, config.dataset)
 
 
 def pretrain(
@@ -56,14 +33,14 @@ def pretrain(
     train, test = data if data is not None else pretraining_set(config.dataset, config.samples, data_dir=data_dir)
     sched = config.schedule
     torch.manual_seed(sched.seed)
-    model = build(config.arch)
+    model = build(arch_of(config))
     model.train()  # BatchNorm learns its statistics here, and only here
     opt = torch.optim.SGD(model.parameters(), lr=sched.lr)
     gen = torch.Generator().manual_seed(sched.seed)
     n, bs = len(train), sched.batch_size
     steps = math.ceil(n / bs)
     with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"pretrain {config.arch} on {config.dataset}", total=sched.epochs * steps, status="")
+        task = bar.add_task(f"pretrain {arch_of(config)} on {config.dataset}", total=sched.epochs * steps, status="")
         for epoch in range(sched.epochs):
             perm = torch.randperm(n, generator=gen)
             loss_sum, correct = 0.0, 0

@@ -284,6 +284,29 @@ def training_for(dataset: str | None, training: T) -> T:
     return training
 
 
+class Pretraining(Settings):
+    """What ``instantft pretrain`` trains: a backbone family on a base dataset."""
+
+    dataset: Literal["mnist", "fmnist", "svhn"]
+    """Base dataset."""
+    samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None
+    """First N training samples (default: all)."""
+    backbone: Literal["lenet5", "mlp", "resnet8"] = "lenet5"
+    """Architecture family: lenet5 (the paper's), mlp (3 layers) or resnet8 (BatchNorm, residual blocks)."""
+
+
+class PretrainConfig(Pretraining):
+    """A pre-training run: the backbone and data, and the paper's schedule (SGD, 10 epochs,
+    batch 20, lr 0.1; SVHN 0.025)."""
+
+    training: Training = Training()
+
+    @property
+    def schedule(self) -> Training:
+        """The training settings with the dataset's own learning rate unless one was given."""
+        return training_for(self.dataset, self.training)
+
+
 def max_threads() -> int:
     """The threads a run may ask for: the CPUs this process may use."""
     try:
