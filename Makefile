@@ -54,8 +54,9 @@ clean:
 # --- the device program (csrc/device + the C core): libc and libm only, stripped ---------------
 AARCH64_CC   ?= aarch64-linux-gnu-gcc
 DEVICE_SRCS  := $(filter-out csrc/test%,$(wildcard csrc/*.c)) $(wildcard csrc/device/*.c)
-DEVICE_DEPS  := $(DEVICE_SRCS) $(wildcard csrc/*.h csrc/device/*.h)
-DEVICE_FLAGS := -std=c11 -O3 -Wall -Wextra -Icsrc -ffunction-sections -fdata-sections -Wl,--gc-sections
+DEVICE_DEPS  := $(DEVICE_SRCS) $(wildcard csrc/*.h csrc/device/*.h) Makefile
+# -ffp-contract=fast: -std=c11 alone turns FMA contraction off; the Python extension (setup.py) has it too
+DEVICE_FLAGS := -std=c11 -O3 -ffp-contract=fast -Wall -Wextra -Icsrc -ffunction-sections -fdata-sections -Wl,--gc-sections
 # OPENMP=1 (with make -B): the cache fill and the adapters' update on all cores, needs libgomp
 DEVICE_FLAGS += $(if $(OPENMP),-fopenmp)
 # STATIC=1 (with make -B): no shared libraries at all, for a board whose glibc is older than 2.34

@@ -1,11 +1,11 @@
 """The C core beside other software: the frozen forward (the cache fill) against ONNX Runtime
-and torch on the same LeNet-5 and images, the C and numba engines end to end, fine-tune ÷
-inference-only, the thread scaling, cold start, and the instruction counts of the fill and of one
-epoch under ``valgrind --tool=callgrind`` (repeatable where wall time is not):
+and torch on the same LeNet-5 and images, the cached methods end to end on the C engine, fine-tune ÷
+inference, and the instruction counts of the fill and of one epoch under ``valgrind
+--tool=callgrind`` (repeatable where wall time is not):
 
     python studies/c_core.py --out results/c_core          (needs the 'bench' extra: onnxruntime, onnx)
 
-Wall times are medians of interleaved rounds in one process (the same threads for every peer);
+CPU and wall times are medians of interleaved rounds in one process (the same threads for every peer);
 instruction counts come from ``csrc/bench/bench_core.c``, a small benchmark program compiled here
 with the system compiler (it is not the library: nothing the package runs is compiled at run
 time). Valgrind does not emulate AVX-512, so the counts are of the AVX2 kernels (recorded).
@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 from _common import ROOT, StudyParser
 from instantft import bench
 from instantft.backbones import Backbone
+from instantft.bench import BenchSettings
 from instantft.data import ImageSet
 from instantft.engine import cengine
 from instantft.engine.chain import chain_for
@@ -41,9 +42,12 @@ from instantft.engine.layout import Layout
 from instantft.errors import InstantFTError
 from instantft.extras import require
 from instantft.fileio import atomic_write_text
+from instantft.machine import cpu_model, torch_threads
 from instantft.training import FineTuneConfig
 
 CSRC = ROOT / "csrc"
+#: the cached methods timed end to end on the C engine, beside the peers' inference
+ENGINE_ROWS = ("skip2-lora", "instantft")
 #: (mode of bench_core, the entry point whose instructions are counted)
 CALLGRIND_MODES = (
     ("fill", "ift_cache_fill_chain"),
@@ -177,34 +181,49 @@ def bench_program(dump: Path, threads: int, repeats: int) -> dict[str, float] | 
     return out
 
 
-def core_figures(
-    model: torch.nn.Module,
-    data: ImageSet,
-    config: FineTuneConfig,
-    threads: int,
-    repeats: int,
-    log: Callable[[str], None],
-    callgrind: bool = True,
-    onnxruntime: bool = True,
-) -> dict[str, Any]:
-    """The frozen forward of the run's images by every peer, interleaved, median ms; then the
-    bench program's times and instruction counts."""
+def peer_times(calls: dict[str, Callable[[], Any]], threads: int, repeats: int, bound: float) -> dict[str, Any]:
+    """CPU and wall medians of each call (the frozen forward of the run's images), interleaved."""
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
+    wall: dict[str, list[float]] = {k: [] for k in calls}
+    with torch.inference_mode(), torch_threads(threads):
+        for f in calls.values():
+            f()
+        for _ in range(repeats):
+            for name, f in calls.items():
+                c, w = time.process_time(), time.perf_counter()
+                f()
+                cpu[name].append(time.process_time() - c)
+                wall[name].append(time.perf_counter() - w)
+    return {name: bench._summary(cpu[name], wall[name], bound) for name in calls}
+
+
+def core_figures(model: torch.nn.Module, data: ImageSet, config: FineTuneConfig, s: BenchSettings, args: Any,
+                 log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """The frozen forward of the run's images by the C core, torch and ONNX Runtime, interleaved at
+    the same threads; then the bench program's times and instruction counts."""
     backbone = Backbone(model)
+    chain = chain_for(backbone)
+    if chain is None:
+        raise InstantFTError("the C-core study needs a chain backbone (the bundled LeNet-5 is one)")
     images = data.images.contiguous()
     x = images.numpy()
+    rows = np.empty((len(x), chain.row_width), np.float32)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        peers: dict[str, Callable[[], Any]] = {}
-        if onnxruntime:
-            session = ort_session(model, images[:2], threads, tmp)
-            peers["onnxruntime"] = lambda: session.run(["logits"], {"x": x})
-        out = bench.forward_times(model, data, threads, repeats, log, peers)
-        if callgrind and chain_for(backbone) is not None:  # the bench program is compiled here, not the library
-            dump = tmp / "lenet.bin"
+        calls: dict[str, Callable[[], Any]] = {"c_fill": lambda: chain.fill(x, rows, s.threads),
+                                               "torch_inference": lambda: model(images)}  # fmt: skip
+        if args.onnxruntime:
+            session = ort_session(model, images[:2], s.threads, tmp)
+            calls["onnxruntime"] = lambda: session.run(["logits"], {"x": x})
+        log("the frozen forward: C fill, torch, ONNX Runtime")
+        out: dict[str, Any] = {"kernels": cengine.build_info(), "forward": peer_times(calls, s.threads, s.repeats,
+                                                                                     s.max_spread)}  # fmt: skip
+        if args.callgrind:  # the bench program is compiled here, not the library
+            dump = tmp / "lenet.safetensors"
             cengine.write_dump(dump, core_dump(backbone, data, config))
             log("bench program (fill, NF4 fill, one epoch)")
-            out["program_ms"] = bench_program(dump, threads, max(repeats, 5))
-            out["program_ms_1_thread"] = bench_program(dump, 1, max(repeats, 5))
+            out["program_ms"] = bench_program(dump, s.threads, max(s.repeats, 5))
+            out["program_ms_1_thread"] = bench_program(dump, 1, max(s.repeats, 5))
             out["callgrind"] = callgrind_counts(dump, log)
     return out
 
@@ -228,7 +247,7 @@ def program_markdown(core: dict[str, Any], threads: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = StudyParser(prog="python studies/c_core.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--angle", type=float, default=90.0)
@@ -248,69 +267,46 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     from instantft.data import make_task
     from instantft.methods import create
-    from instantft.models import LeNet5
-    from instantft.progress import progress_bar
     from instantft.run import config_for, load_backbone
+    from instantft.settings import Runtime
 
-    args.checkpoint, args.compile_check = None, False
     if args.onnxruntime:  # before any work: one line if the extra is missing
         require("bench", "onnxruntime", "studies/c_core.py (the ONNX Runtime peer)")
         require("bench", "onnx", "studies/c_core.py (torch.onnx.export)")
-    torch.set_num_threads(args.threads)
-    load_before = bench.load_average()
-    model, _meta = load_backbone("rotmnist")
-    assert isinstance(model, LeNet5)
-    task = make_task("rotmnist", angle=args.angle, samples=args.samples, seed=0, data_dir=args.data_dir)
-    data, config = task.finetune, config_for("rotmnist")
-    rows = [(f"{m}[{e}]", m, e) for e in ("c", "numba") for m in ("skip2-lora", "instantft") if bench.engine_ok(e)]
-    makers = {row: functools.partial(create, m, model, replace(config, engine=e)) for row, m, e in rows}
-    runs: dict[str, list[float]] = {row: [] for row in makers}
-    steps = 0
-    gflops = []
-    with progress_bar() as bar:
-        task_id = bar.add_task("engines", total=len(makers) * (1 + args.repeats), status="warm-up")
-        for make in makers.values():  # warm-up
-            steps = bench.timed_fit(make, data)[1].steps
-            bar.advance(task_id)
-        for rnd in range(args.repeats):
-            bar.update(task_id, status=f"round {rnd + 1}/{args.repeats}")
-            gflops.append(bench.sgemm_gflops())
-            for row, make in makers.items():
-                runs[row].append(bench.timed_fit(make, data)[0])
-                bar.advance(task_id)
-    torch.set_num_threads(1)
-    one = [bench.timed_fit(makers["skip2-lora[c]"], data)[0] for _ in range(args.repeats)]
-    torch.set_num_threads(args.threads)
-    flops = bench.skip_run_flops(model, config, len(data), steps, config.batch_size)
-    sgemm = max(gflops)
-    methods = {
-        row: {
-            "seconds": statistics.median(r),
-            "runs": r,
-            "flop_limit_multiple": statistics.median(r) / (flops / (sgemm * 1e9)),
-        }
-        for row, r in runs.items()
-    }
+    s = BenchSettings(samples=args.samples, repeats=args.repeats, threads=args.threads)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    core = core_figures(model, data, config, args.threads, args.repeats, log, args.callgrind, args.onnxruntime)
-    core["skip2_lora_c_1_thread_seconds"] = statistics.median(one)
-    core["skip2_lora_c_1_thread_runs"] = one
-    cold = bench.cold_start(args, empty_numba_cache=False)
+    load_before = os.getloadavg()
+    model, _meta = load_backbone("rotmnist")
+    data = make_task("rotmnist", angle=args.angle, samples=args.samples, seed=0, data_dir=args.data_dir).finetune
+    config = config_for("rotmnist")
+    makers = {m: functools.partial(create, m, model, config, runtime=Runtime(engine="c")) for m in ENGINE_ROWS}
+    cpu: dict[str, list[float]] = {m: [] for m in makers}
+    wall: dict[str, list[float]] = {m: [] for m in makers}
+    with torch_threads(s.threads):
+        for make in makers.values():  # warm-up
+            bench._timed(make, data)
+        for rnd in range(s.repeats):
+            log(f"fine-tune round {rnd + 1}/{s.repeats}")
+            for m, make in makers.items():
+                c, w, _ = bench._timed(make, data)
+                cpu[m].append(c)
+                wall[m].append(w)
+    fits = {m: bench._summary(cpu[m], wall[m], s.max_spread) for m in makers}
+    core = core_figures(model, data, config, s, args, log)
+    ratios = {f"{key.split('_')[0]} {m} fine-tune ÷ {peer} inference": bench._ratio({**fits, **core["forward"]}, m,
+                                                                                      peer, key)
+              for key in ("cpu_seconds", "wall_seconds") for m in makers for peer in core["forward"]
+              if peer != "c_fill"}  # fmt: skip
     out: dict[str, Any] = {
-        "methods": methods,
+        "fits": fits,
         "core": core,
-        "sgemm_gflops": sgemm,
-        "flops": flops,
-        "cold_start": cold,
-        "cold_start_seconds": cold["skip2-lora"]["first"] if cold else None,
-        "machine": {**bench.machine(args.threads), "load_average_before": load_before,
-                    "load_average_after": bench.load_average()},
+        "ratios": ratios,
+        "machine": {"cpu": cpu_model(), "threads": s.threads, "load_average_before": list(load_before),
+                    "load_average_after": list(os.getloadavg())},
         "command": " ".join(["python studies/c_core.py", *(argv if argv is not None else sys.argv[1:])]),
     }  # fmt: skip
-    out["targets_c_core"] = bench.targets_c_core(out)
-    title = "# instantft C core beside " + ("ONNX Runtime and torch" if args.onnxruntime else "torch")
-    text = "\n".join([title, "", *bench.core_markdown(out),
-                      *program_markdown(core, args.threads), "", f"Reproduce: `{out['command']}`", ""])  # fmt: skip
+    text = "\n".join([*markdown_lines(out), *program_markdown(core, s.threads), "", f"Reproduce: `{out['command']}`",
+                      ""])  # fmt: skip
     if args.out:
         d = Path(args.out)
         d.mkdir(parents=True, exist_ok=True)
@@ -318,6 +314,18 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         atomic_write_text(d / "c_core.md", text)
     print(text)
     return 0
+
+
+def markdown_lines(out: dict[str, Any]) -> list[str]:
+    m = out["machine"]
+    lines = [f"# instantft C core beside torch and ONNX Runtime: {m['cpu']}, {m['threads']} thread(s) for every peer",
+             "", "| row | CPU s | wall s | CPU spread | wall spread |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, r in {**out["fits"], **{f"forward: {k}": v for k, v in out["core"]["forward"].items()}}.items():
+        lines.append(f"| {name} | {r['cpu_seconds']:.4f} | {r['wall_seconds']:.4f} | {r['cpu_spread']:.2f} | "
+                     f"{r['wall_spread']:.2f} |")  # fmt: skip
+    lines += ["", "| ratio | value |", "|---|---:|"]
+    lines += [f"| {k} | {'flagged' if v is None else f'{v:.3g}'} |" for k, v in out["ratios"].items()]
+    return lines
 
 
 if __name__ == "__main__":

@@ -19,6 +19,14 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: one thread throughout
 
+import importlib.util
+
+if __name__ == "__main__" and importlib.util.find_spec("numba") is None:
+    raise SystemExit(
+        "error: this study compares the numba engine, removed since; it runs in a checkout of commit 8ef42b9 "
+        "(with numba installed), and its results are in results/engines/numba_vs_c.md"
+    )
+
 import argparse
 import gc
 import json

@@ -2,46 +2,48 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from instantft.cli import main
 
-ROW_KEYS = {"seconds", "speedup_vs_lora_all", "flop_limit_multiple"}
-
-
-@contextlib.contextmanager
-def torch_threads_kept() -> Iterator[int]:
-    """The bench sets torch's thread count for itself: give the other tests theirs back."""
-    before = torch.get_num_threads()
-    try:
-        yield before
-    finally:
-        torch.set_num_threads(before)
-
 
 def test_bench_json_contract(capsys: pytest.CaptureFixture[str]):
-    with torch_threads_kept():
-        code = main(["bench", "--json", "--samples", "60", "--repeats", "1", "--scaling", "", "--no-compile-check"])
+    before = torch.get_num_threads()
+    code = main(["bench", "--json", "--samples", "60", "--repeats", "2"])
+    assert torch.get_num_threads() == before  # the bench sets threads for its runs only
     out = json.loads(capsys.readouterr().out)
     assert code == 0
-    for key in ("methods", "flop_limit_seconds", "sgemm_gflops", "nf4_overhead", "cold_start_seconds", "machine"):
+    for key in ("methods", "forward", "sgemm_gflops", "flop_limit_seconds", "ratios", "machine", "setup"):
         assert key in out, key
-    for name in ("lora-all", "ft-all", "skip2-lora", "instantft"):
+    assert out["machine"]["threads"] == 1 and out["machine"]["cpu"]
+    for name in ("lora-all", "ft-all", "skip2-lora", "instantft", "skip2-lora[reference]"):
         row = out["methods"][name]
-        assert set(row) >= ROW_KEYS
-    assert out["sgemm_gflops"] > 0 and out["machine"]["cpu"]
-    assert "peft_lora_seconds" not in out  # the peers are studies (studies/c_core.py, studies/peft_lora.py)
-    if out["core"] is not None:  # the C core is built: its fill beside torch's forward
-        assert {"c_fill", "c_fill_1_thread", "torch_eager"} <= set(out["core"]["forward_ms"])
-        assert "onnxruntime" not in out["core"]["forward_ms"]
+        assert {"cpu_seconds", "wall_seconds", "cpu_spread", "cpu_stable", "wall_stable"} <= set(row)
+        assert len(row["cpu_runs"]) == 2
+    for name, value in out["ratios"].items():  # a ratio is a number or flagged, never from an unstable row
+        assert value is None or value > 0, name
+    if out["forward"] is not None:
+        assert set(out["forward"]) == {"c_fill", "torch_inference"}
 
 
-def test_thread_state_is_restored():
-    with torch_threads_kept() as before:
-        torch.set_num_threads(before + 1)
-    assert torch.get_num_threads() == before
+def test_a_wide_spread_is_flagged_not_divided():
+    from instantft.bench import _ratio, _summary
+
+    steady = _summary([1.0, 1.0, 1.01], [1.0, 1.0, 1.01], 0.25)
+    noisy = _summary([1.0, 3.0, 9.0], [1.0, 3.0, 9.0], 0.25)
+    assert steady["cpu_stable"] and not noisy["cpu_stable"]
+    rows = {"a": steady, "b": noisy, "c": steady}
+    assert _ratio(rows, "a", "b", "cpu_seconds") is None
+    assert _ratio(rows, "a", "c", "cpu_seconds") == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["--threads", "0"], "--threads must be >= 1"),
+                                               (["--repeats", "x"], "--repeats must be a valid integer"),
+                                               (["--samples", "5"], "--samples must be >= 40")])  # fmt: skip
+def test_bad_bench_options_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

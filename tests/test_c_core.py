@@ -243,7 +243,7 @@ def _reference_and_c(storage: str, threads: int):
         view = cengine.CacheView(cengine.NF4, rows.shape[1], codes=q.codes.numpy(), absmax=q.absmax.numpy(),
                                  block_size=q.block_size)  # fmt: skip
     adapters = cengine.Adapters(A, B, layout.segments(), layout.logit_offset, config.scale)
-    run = cengine.Training(view, images.reshape(n, -1).numpy(), np.arange(n), labels.numpy(), order.numpy(), offsets,
+    run = cengine.Training(view, images.reshape(n, -1).numpy(), np.arange(n), labels.numpy(), (order.numpy(), offsets),
                            losses, config.lr, threads)  # fmt: skip
     done, status = run.steps(adapters, 0, len(offsets) - 1)
     assert done == len(offsets) - 1 and status == cengine.OK and np.isfinite(losses).all()
@@ -261,16 +261,16 @@ def test_c_training_equals_the_reference_loop(storage: str, threads: int):
 
 @needs_lib
 def test_c_training_reports_an_overflowing_last_update():
-    """Issue 12: a finite loss whose update overflows must not pass as a finished run."""
+    """A finite loss whose update overflows must not pass as a finished run."""
     A = np.full((4, 8), 0.5, np.float32)
     B = np.full((2, 1, 4), 0.5, np.float32)
     rows = np.array([[1e3, -1e3]], np.float32)
     images = np.ones((1, 8), np.float32)
     seg = np.array([[0, 0, 0, 8]], np.int64)
     losses = np.full(1, np.nan)
-    args = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([0, 1], np.int64))
+    schedule = (np.zeros(1, np.int64), np.array([0, 1], np.int64))
     view = cengine.CacheView(cengine.FP32, 2, rows=rows)
-    run = cengine.Training(view, images, *args, losses, 3e38)
+    run = cengine.Training(view, images, np.zeros(1, np.int64), np.zeros(1, np.int64), schedule, losses, 3e38)
     done, status = run.steps(cengine.Adapters(A, B, seg, 0, 2.0), 0, 1)
     assert done == 1 and np.isfinite(losses[0]) and status == cengine.EPARAM
     assert not np.isfinite(A).all()

@@ -368,7 +368,7 @@ def test_explicit_taps_on_the_bundled_lenet(tmp_path: Path, capsys: pytest.Captu
         (["demo", "--angle", "1e9"], "--angle must be <= 360"),
         (["demo", "--seed", str(2**63)], "--seed must be <"),
         (["pretrain", "--dataset", "mnist", "--seed", str(2**63)], "--seed must be <"),
-        (["pretrain", "--dataset", "cifar"], 'Invalid value "cifar" for --dataset'),
+        (["pretrain", "--dataset", "cifar"], "--dataset must be 'mnist', 'fmnist', 'svhn', 'fan', "),
         (["pretrain", "--dataset", "mnist", "--lr", "1e39"], "--lr must be at most"),
         (["evaluate", "--adapter", "missing.safetensors", "--samples", "0"], "--samples must be >= 1"),
     ],

@@ -48,11 +48,11 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Small integer and float ops: one thread is faster, and immune to a busy machine's OpenMP stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """Small integer and float ops: one thread is faster, and immune to OpenMP barrier stalls."""
+    from instantft.machine import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 # --- oracle helpers -------------------------------------------------------------------------------

@@ -13,13 +13,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "instantft"
 #: each top-level module or package of instantft, by layer: a module may import its own layer or
 #: the ones below it, never one above (what a concept is built from is below it)
 LAYERS = [
-    {"errors", "settings", "progress", "machine", "tables"},
+    {"errors", "settings", "progress", "machine", "tables", "digest"},
     {"nf4", "fileio", "records", "extras"},
     {"cache", "models", "data"},
     {"backbones", "adapters", "training", "fixedpoint"},
     {"engine"},
     {"methods"},
-    {"analysis", "run", "pretrain", "bench"},
+    {"analysis", "run", "pretrain", "bench", "reproduce"},
     {"api", "device", "stream", "demo", "fleet"},
     {"cli", "__main__"},
 ]

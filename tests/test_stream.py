@@ -17,10 +17,10 @@ from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, create
 from instantft.run import load_backbone
 from instantft.stream import loop as stream_loop
-from instantft.stream.config import StreamConfig
+from instantft.stream.config import StreamConfig, parse_capacity
 from instantft.stream.corruptions import CORRUPTIONS
 from instantft.stream.loop import StreamRun, run_stream
-from instantft.stream.retention import BoundedCache, Reservoir, SlidingWindow, parse_capacity
+from instantft.stream.retention import BoundedCache, Reservoir, SlidingWindow
 from instantft.stream.schedule import parse_schedule
 from instantft.stream.source import StreamSet, apply_transform, build_stream
 
@@ -316,3 +316,11 @@ def test_registered_as_instantft_stream(capsys):
 
     assert main(["stream", "--arrival-ms", "-2"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: --arrival-ms")
+
+
+def test_cli_adaptation_epochs_default_to_three_whatever_else_is_given(capsys):
+    args = ["--schedule", "rot(0):40,rot(90):40", "--cache-capacity", "40", "--adapt-every", "40",
+            "--heldout", "20", "--json", "--lr", "0.05"]  # fmt: skip
+    assert stream_main(args) == 0
+    adaptation = json.loads(capsys.readouterr().out)["config"]["adaptation"]
+    assert adaptation["epochs"] == 3 and adaptation["lr"] == 0.05

@@ -17,9 +17,10 @@ from typing import Annotated, Any, Literal
 from cyclopts import App, Parameter
 from cyclopts.exceptions import CycloptsError
 
+from instantft.analysis.paper import PAPER_RANK
 from instantft.errors import InstantFTError
 from instantft.fixedpoint.formats import Numerics
-from instantft.settings import Adapters, FineTuneConfig, Runtime, SettingsError, Source, Task, Training
+from instantft.settings import Adapters, FineTuneConfig, Pretraining, Runtime, SettingsError, Source, Task, Training
 from instantft.stream.config import ADAPT_EPOCHS, StreamSettings
 
 __all__ = ["app", "flag", "main"]
@@ -85,9 +86,7 @@ def _inputs(*paths: Any) -> list[Any]:
 @app.command
 def pretrain(
     *,
-    dataset: Literal["mnist", "fmnist", "svhn", "fan", "fan-silentA", "fan-silentB", "fan-12cm"],
-    samples: int | None = None,
-    backbone: Literal["lenet5", "mlp", "resnet8"] | None = None,
+    what: Annotated[Pretraining, Parameter(name="*", group="Backbone")],
     training: TrainingFlags = Training(),  # noqa: B008  (frozen: one default instance serves every call)
     out: Path | None = None,
     runtime: RuntimeFlags = Runtime(),  # noqa: B008
@@ -97,26 +96,20 @@ def pretrain(
 
     Parameters
     ----------
-    dataset
-        Base dataset (fan = fan-silentA: the cooling-fan spectra of one room, or fan-12cm: of one fan size).
-    samples
-        First N training samples (default: all).
-    backbone
-        Architecture family: lenet5 (the paper's; default), mlp (3 layers; the fan's default) or resnet8
-        (BatchNorm, residual blocks).
     out
         Checkpoint file (default BACKBONE-DATASET.safetensors).
     """
     from instantft.data.files import existing_files
     from instantft.fileio import ensure_writable
-    from instantft.pretrain import PretrainConfig, pretrain_to_file
-    from instantft.settings import check_steps
+    from instantft.pretrain import arch_of, pretrain_to_file
+    from instantft.settings import PretrainConfig, check_steps
 
-    config = PretrainConfig(dataset=dataset, samples=samples, backbone=backbone, training=training)
-    check_steps(training.epochs, samples or 531_131, training.batch_size)  # no --samples: SVHN extra, the largest
+    config = PretrainConfig(**what.model_dump(exclude_unset=True), training=training)
+    arch_of(config)  # a family with no network for the dataset: one line before any work
+    check_steps(training.epochs, what.samples or 531_131, training.batch_size)  # no --samples: SVHN extra, the largest
     _apply(runtime)
-    name = f"{config.family}-{config.source}.safetensors"
-    target = ensure_writable(out or name, existing_files(dataset.split("-")[0], runtime.data_dir))
+    target = ensure_writable(out or f"{config.family}-{config.source}.safetensors",
+                             existing_files(what.dataset.split("-")[0], runtime.data_dir))  # fmt: skip
     meta = pretrain_to_file(config, target, data_dir=runtime.data_dir, show_progress=not json)
     if json:
         print_json({**meta, "out": str(target)})
@@ -242,7 +235,7 @@ def demo(*, angle: float = 75.0, seed: int = 0, runtime: RuntimeFlags = Runtime(
 def table1(
     *,
     dataset: Literal["mnist", "svhn", "both"] = "both",
-    rank: Annotated[int, Parameter(help="LoRA rank r (the paper's: 4).")] = 4,
+    rank: Annotated[int, Parameter(help="LoRA rank r (the paper's).")] = PAPER_RANK,
     json: Json = False,
 ) -> int:
     """Parameters, FLOPs and memory per method, beside the paper's Table 1.
@@ -268,13 +261,16 @@ def table1(
 def stream(
     *,
     settings: Annotated[StreamSettings, Parameter(name="*", group="Stream")] = StreamSettings(),  # noqa: B008
-    training: TrainingFlags = Training(epochs=ADAPT_EPOCHS),  # noqa: B008
+    training: Annotated[Training, Parameter(name="*", group="Training (each adaptation; --epochs 3 unless given)",
+                                            show_default=False)] = Training(),  # noqa: B008
     adapters: AdapterFlags = Adapters(),  # noqa: B008
     runtime: RuntimeFlags = Runtime(),  # noqa: B008
     plot: Path | None = None,
     json: Json = False,
 ) -> int:
     """Prequential on-the-fly adaptation: test-then-train on a drifting stream with a bounded Forward Cache.
+
+    Each adaptation is a short fit over what the memory holds: --epochs is 3 here unless given.
 
     Parameters
     ----------
@@ -284,7 +280,9 @@ def stream(
     from instantft.stream.cli import run_command
 
     _apply(runtime)
-    return run_command(settings, FineTuneConfig.of(training, adapters), runtime, plot, json)
+    given = training.model_dump(exclude_unset=True)  # what was not given: the stream's own defaults
+    adaptation = FineTuneConfig(**{"epochs": ADAPT_EPOCHS, **given}, **adapters.model_dump(exclude_unset=True))
+    return run_command(settings, adaptation, runtime, plot, json)
 
 
 # --- export -----------------------------------------------------------------------------------

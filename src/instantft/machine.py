@@ -62,12 +62,6 @@ def machine_info() -> dict[str, Any]:
 
     from instantft import __version__
 
-    try:
-        import numba
-
-        numba_version: str | None = numba.__version__
-    except ImportError:
-        numba_version = None
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -76,7 +70,6 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
-        "numba": numba_version,
         "instantft": __version__,
         "git_commit": git_commit(),
     }

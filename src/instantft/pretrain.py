@@ -5,55 +5,22 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from instantft.data import ImageSet, pretraining_set
 from instantft.errors import InstantFTError
 from instantft.models import FanMLP, accuracy, arch_for, build, predict, save_checkpoint
 from instantft.progress import progress_bar
-from instantft.settings import MAX_SAMPLES, Settings, Training, training_for
+from instantft.settings import PretrainConfig
 
 
-class PretrainConfig(Settings):
-    """What ``instantft pretrain`` trains: a backbone family on a base dataset, with the paper's
-    schedule (:class:`~instantft.settings.Training`: SGD, 10 epochs, batch 20, lr 0.1; SVHN 0.025)."""
-
-    dataset: Literal["mnist", "fmnist", "svhn", "fan", "fan-silentA", "fan-silentB", "fan-12cm"] = "mnist"
-    """Base dataset (fan = fan-silentA: the cooling-fan spectra of one room or fan size, with backbone mlp)."""
-    samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None
-    """First N training samples (default: all)."""
-    backbone: Literal["lenet5", "mlp", "resnet8"] | None = None
-    """Architecture family: lenet5 (the paper's; default), mlp (3 layers; the fan's default) or resnet8
-    (BatchNorm, residual blocks)."""
-    training: Training = Training()
-
-    @model_validator(mode="after")
-    def _known(self) -> PretrainConfig:
-        arch_for(self.family, self.source)  # one line if this family has no network for the dataset
-        return self
-
-    @property
-    def family(self) -> str:
-        return self.backbone or ("mlp" if self.dataset.startswith("fan") else "lenet5")
-
-    @property
-    def source(self) -> str:
-        return "fan-silentA" if self.dataset == "fan" else self.dataset
-
-    @property
-    def arch(self) -> str:
-        return arch_for(self.family, self.source)
-
-    @property
-    def schedule(self) -> Training:
-        """The training settings with the dataset's own learning rate unless one was given."""
-        # the fan's lower learning rate is for fine-tuning; its backbone is pre-trained at the paper's 0.1
-        return training_for(None if self.dataset.startswith("fan") else self.dataset, self.training)
+def arch_of(config: PretrainConfig) -> str:
+    """The in-tree architecture of the family for the dataset; one line if it has none."""
+    return arch_for(config.family, config.source)
 
 
 def pretrain(
@@ -66,7 +33,7 @@ def pretrain(
     train, test = data if data is not None else pretraining_set(config.dataset, config.samples, data_dir=data_dir)
     sched = config.schedule
     torch.manual_seed(sched.seed)
-    model = build(config.arch)
+    model = build(arch_of(config))
     if isinstance(model, FanMLP):  # standardised with the source's own statistics, then frozen
         model.standardize.fit(train.images)
     model.train()  # BatchNorm learns its statistics here, and only here
@@ -75,7 +42,7 @@ def pretrain(
     n, bs = len(train), sched.batch_size
     steps = math.ceil(n / bs)
     with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"pretrain {config.arch} on {config.dataset}", total=sched.epochs * steps, status="")
+        task = bar.add_task(f"pretrain {arch_of(config)} on {config.dataset}", total=sched.epochs * steps, status="")
         for epoch in range(sched.epochs):
             perm = torch.randperm(n, generator=gen)
             loss_sum, correct = 0.0, 0

@@ -287,6 +287,40 @@ def training_for(dataset: str | None, training: T) -> T:
     return training
 
 
+class Pretraining(Settings):
+    """What ``instantft pretrain`` trains: a backbone family on a base dataset."""
+
+    dataset: Literal["mnist", "fmnist", "svhn", "fan", "fan-silentA", "fan-silentB", "fan-12cm"]
+    """Base dataset; or the cooling-fan spectra of one room (fan = fan-silentA, fan-silentB) or fan size (fan-12cm)."""
+    samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None
+    """First N training samples (default: all)."""
+    backbone: Literal["lenet5", "mlp", "resnet8"] | None = None
+    """Architecture family: lenet5 (the paper's; default), mlp (3 layers; the fan's default) or resnet8
+    (BatchNorm, residual blocks)."""
+
+    @property
+    def family(self) -> str:
+        return self.backbone or ("mlp" if self.dataset.startswith("fan") else "lenet5")
+
+    @property
+    def source(self) -> str:
+        """The dataset the backbone is named after (fan is fan-silentA)."""
+        return "fan-silentA" if self.dataset == "fan" else self.dataset
+
+
+class PretrainConfig(Pretraining):
+    """A pre-training run: the backbone and data, and the paper's schedule (SGD, 10 epochs,
+    batch 20, lr 0.1; SVHN 0.025)."""
+
+    training: Training = Training()
+
+    @property
+    def schedule(self) -> Training:
+        """The training settings with the dataset's own learning rate unless one was given (the fan's
+        lower rate is for fine-tuning: its backbone is pre-trained at the paper's 0.1)."""
+        return training_for(None if self.dataset.startswith("fan") else self.dataset, self.training)
+
+
 def max_threads() -> int:
     """The threads a run may ask for: the CPUs this process may use."""
     try:

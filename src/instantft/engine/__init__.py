@@ -12,7 +12,7 @@ removes it:
   of any other backbone) through :meth:`instantft.cache.ForwardCache.fill`;
 - :mod:`~instantft.engine.fit`: the ``fit`` that ties them together.
 
-Engines (``FineTuneConfig.engine`` / ``--engine``): ``reference`` (the plain torch loop in
+Engines (``Runtime.engine`` / ``--engine``): ``reference`` (the plain torch loop in
 :mod:`instantft.methods.skip_lora`: the readable specification, and the fallback where no C
 compiler was found at install), ``c`` (the product), and ``auto`` = c if the library was built,
 else reference.
@@ -33,12 +33,6 @@ def c_available() -> bool:
     from instantft.engine import cengine
 
     return cengine.available()
-
-
-def numba_available() -> bool:
-    """Always False: the numba engine was removed. Kept only until ``instantft bench`` (its numba
-    rows) stops asking; remove it then."""
-    return False
 
 
 def resolve_engine(engine: str) -> str:

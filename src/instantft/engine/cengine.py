@@ -487,8 +487,8 @@ class CacheView:
 
 
 class Training:
-    """One run's ``ift_train_args``: the cache, the data rows, the schedule (step s trains on
-    rows ``order[offsets[s]:offsets[s+1]]``), where the losses go, the learning rate."""
+    """One run's ``ift_train_args``: the cache, the data rows, the schedule ``(order, offsets)``
+    (step s trains on rows ``order[offsets[s]:offsets[s+1]]``), where the losses go, the learning rate."""
 
     def __init__(
         self,
@@ -496,12 +496,12 @@ class Training:
         images: np.ndarray | None,
         slot_of: np.ndarray,
         labels: np.ndarray,
-        order: np.ndarray,
-        offsets: np.ndarray,
+        schedule: tuple[np.ndarray, np.ndarray],
         losses: np.ndarray,
         lr: float,
         threads: int = 1,
     ) -> None:
+        order, offsets = schedule
         if losses.dtype != np.float64 or losses.shape[0] < len(offsets) - 1:
             raise ValueError("losses must be float64 with one entry per step")
         x = None if images is None else np.ascontiguousarray(images, dtype=np.float32).reshape(len(images), -1)

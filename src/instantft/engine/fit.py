@@ -83,8 +83,7 @@ def fit(
         data.images.reshape(len(data), -1).contiguous().numpy(),
         slot_of.numpy(),
         data.labels.numpy(),
-        plan.order.numpy(),
-        plan.offsets.numpy(),
+        (plan.order.numpy(), plan.offsets.numpy()),
         losses,
         config.lr,
     )

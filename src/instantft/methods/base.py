@@ -78,6 +78,10 @@ class Method(ABC):
         self.base_fingerprint = model_fingerprint(self.base)
         #: the Forward Cache a cached method fills and trains from (kept across fits on the same data)
         self.cache: ForwardCache | None = None
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027  (a hook: a method that trains nothing of its own adds nothing)
+        """Build what the method trains on the frozen copy (called once, by ``__init__``)."""
 
     # --- the Forward Cache (cached methods) ---------------------------------------------------
     def cache_source(self, data: ImageSet) -> CacheSource:
@@ -157,7 +161,7 @@ class AutogradMethod(Method):
         result.seconds = time.perf_counter() - start
         return result
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def logits(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
         self.model.eval()
         return torch.cat([self.model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])

@@ -130,8 +130,11 @@ class FixedPointInstantFT(Method):
         runtime: Runtime | None = None,
         fixed: FixedPointConfig | None = None,
     ) -> None:
+        self.fixed = fixed or FixedPointConfig()  # the variant's own setting, before setup() reads it
         super().__init__(base, config, taps, example, runtime)
-        self.fixed = fixed or FixedPointConfig()
+
+    def setup(self) -> None:
+        config = self.config
         self.counters = Counters()  # setup, cache fill and every training step
         self.eval_counters = Counters()  # every evaluation forward
         self.net = FixedChain(fixed_ops(self.backbone), self.fixed, self.counters)

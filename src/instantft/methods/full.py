@@ -9,16 +9,12 @@ error at construction, never a silent no-op.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from torch import nn
 
-from instantft.backbones import Backbone, TapSpec
 from instantft.data import ImageSet
 from instantft.errors import InstantFTError
-from instantft.methods.base import AutogradMethod, FineTuneConfig, FitResult, register
-from instantft.settings import Runtime
+from instantft.methods.base import AutogradMethod, FitResult, register
 
 
 class _WeightsMethod(AutogradMethod):
@@ -27,15 +23,7 @@ class _WeightsMethod(AutogradMethod):
     def select(self, name: str) -> bool:
         raise NotImplementedError
 
-    def __init__(
-        self,
-        base: Backbone | nn.Module,
-        config: FineTuneConfig,
-        taps: TapSpec = "auto",
-        example: Any = None,
-        runtime: Runtime | None = None,
-    ) -> None:
-        super().__init__(base, config, taps, example, runtime)
+    def setup(self) -> None:
         self.model = self.base
         for name, p in self.model.named_parameters():
             p.requires_grad_(self.select(name))
@@ -74,17 +62,7 @@ class FTLast(_WeightsMethod):
     name = "ft-last"
     description = "the last Linear layer's weight and bias"
     what = "Linear layer to fine-tune (name one with last_layer)"
-
-    def __init__(
-        self,
-        base: Backbone | nn.Module,
-        config: FineTuneConfig,
-        taps: TapSpec = "auto",
-        example: Any = None,
-        runtime: Runtime | None = None,
-    ) -> None:
-        self.prefix: str | None = None
-        super().__init__(base, config, taps, example, runtime)
+    prefix: str | None = None  # the chosen layer's name + ".", found on the first select()
 
     def select(self, name: str) -> bool:
         if self.prefix is None:

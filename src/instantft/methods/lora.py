@@ -8,16 +8,12 @@ the forward runs (or ``config.last_layer``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import nn
 
 from instantft.adapters import LoRALayer
-from instantft.backbones import Backbone, Layer, TapSpec
+from instantft.backbones import Layer
 from instantft.errors import InstantFTError
-from instantft.methods.base import AutogradMethod, FineTuneConfig, register
-from instantft.settings import Runtime
+from instantft.methods.base import AutogradMethod, register
 
 
 class _LoRAMethod(AutogradMethod):
@@ -25,15 +21,8 @@ class _LoRAMethod(AutogradMethod):
         """The layers that get an adapter, in forward order."""
         raise NotImplementedError
 
-    def __init__(
-        self,
-        base: Backbone | nn.Module,
-        config: FineTuneConfig,
-        taps: TapSpec = "auto",
-        example: Any = None,
-        runtime: Runtime | None = None,
-    ) -> None:
-        super().__init__(base, config, taps, example, runtime)
+    def setup(self) -> None:
+        config = self.config
         gen = torch.Generator().manual_seed(config.adapter_seed)
         self.model = self.base
         layers = self.adapted()

@@ -13,34 +13,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from torch import nn
 
 from instantft.adapters import SkipAdapters
-from instantft.backbones import Backbone, TapSpec
 from instantft.data import ImageSet
 from instantft.engine import resolve_engine
-from instantft.methods.base import FineTuneConfig, FitResult, LossMonitor, Method, register, schedule
-from instantft.settings import Runtime
+from instantft.methods.base import FitResult, LossMonitor, Method, register, schedule
 
 FILL_BATCH = 1024
 
 
 class _SkipMethod(Method):
-    def __init__(
-        self,
-        base: Backbone | nn.Module,
-        config: FineTuneConfig,
-        taps: TapSpec = "auto",
-        example: Any = None,
-        runtime: Runtime | None = None,
-    ) -> None:
-        super().__init__(base, config, taps, example, runtime)
+    def setup(self) -> None:
         self.backbone.require_taps(self.name)
-        gen = torch.Generator().manual_seed(config.adapter_seed)
-        self.adapters = SkipAdapters(self.backbone.sizes, self.backbone.num_classes, config, gen)
+        gen = torch.Generator().manual_seed(self.config.adapter_seed)
+        self.adapters = SkipAdapters(self.backbone.sizes, self.backbone.num_classes, self.config, gen)
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return self.adapters.state()
@@ -119,11 +107,30 @@ class _SkipMethod(Method):
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+        """Base + adapters: in the C core when the engine is ``c`` and the backbone a chain (one
+        call, the device program's predict), else the traced torch forward in batches."""
+        fast = self._c_logits(images)
+        if fast is not None:
+            return fast
         out = []
         for i in range(0, len(images), batch_size):
             xs, base_logits = self.backbone.trace(images[i : i + batch_size])
             out.append(base_logits + self.adapters.delta(xs)[0])
         return torch.cat(out)
+
+    def _c_logits(self, images: torch.Tensor) -> torch.Tensor | None:
+        if resolve_engine(self.runtime.engine) != "c":
+            return None
+        from instantft.engine import cengine
+        from instantft.engine.chain import cached_chain
+        from instantft.engine.layout import Layout
+
+        chain = cached_chain(self.backbone, self.backbone.fingerprint())
+        if chain is None:
+            return None
+        layout = Layout.for_backbone(self.backbone, self.config.rank)
+        packed = cengine.Adapters.pack(layout, self.adapters.A, self.adapters.B, self.config.scale)
+        return torch.from_numpy(chain.predict(images.numpy(), packed, torch.get_num_threads()))
 
     @torch.no_grad()
     def gradients(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from typing_extensions import Self
 
 from instantft.settings import FineTuneConfig, Settings, SettingsError
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_capacity(text: str | int) -> tuple[int, bool]:
+    """``"4096"`` → (4096, False) samples; ``"4MB"``, ``"512KiB"``, ``"1000B"`` → (bytes, True)."""
+    if isinstance(text, int):
+        return text, False
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise SettingsError("cache_capacity", f"must be a number of samples or bytes like 4MB/512KiB, got {text!r}")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    if not unit:
+        if value != int(value):
+            raise SettingsError("cache_capacity", f"in samples must be whole, got {text!r}")
+        return int(value), False
+    return int(value * _UNITS[unit]), True
+
 
 STREAM_METHODS = ("none", "ft-last", "lora-all", "skip-lora", "skip2-lora", "instantft")
 
@@ -55,7 +74,6 @@ class StreamSettings(Settings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        from instantft.stream.retention import parse_capacity
         from instantft.stream.schedule import parse_schedule
         from instantft.stream.trigger import make_detector
 

@@ -31,8 +31,8 @@ from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, Method, create
 from instantft.models import arch_for, bundled_checkpoint, load_checkpoint
 from instantft.settings import Runtime
-from instantft.stream.config import StreamConfig
-from instantft.stream.retention import BoundedCache, Retention, make_retention, parse_capacity, row_bytes
+from instantft.stream.config import StreamConfig, parse_capacity
+from instantft.stream.retention import BoundedCache, Retention, make_retention, row_bytes
 from instantft.stream.source import Stream, StreamSet, build_stream
 from instantft.stream.trigger import Trigger
 
@@ -107,9 +107,11 @@ class StreamRun:
     def warm_up(self) -> None:
         """One untimed fit on a few pool images, so compilation and first-call costs are not
         charged to the first adaptation."""
-        n = max(self.config.batch_size * 2, 40)
-        warm = self._create(self.config.finetune_config().replace(epochs=1))
         s = self.stream
+        n = min(max(self.config.batch_size * 2, 40), len(s.heldout_labels))
+        if n < self.config.batch_size:
+            return  # too few held-out images for one batch: nothing to warm up with
+        warm = self._create(self.config.finetune_config().replace(epochs=1))
         warm.fit(StreamSet("warm-up", s.heldout_images[:n], s.heldout_labels[:n], torch.arange(n), "warm-up"))
 
     def _reset(self) -> None:

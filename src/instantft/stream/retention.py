@@ -14,7 +14,6 @@ recomputed, an evicted id that comes back is (:class:`BoundedCache` counts both)
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -151,21 +150,3 @@ class BoundedCache(ForwardCache):
 def row_bytes(sizes: Sequence[int], storage: Storage) -> int:
     width = sum(sizes)
     return 4 * width if storage == "fp32" else nf4.nbytes_per_row(width)
-
-
-_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
-
-
-def parse_capacity(text: str | int) -> tuple[int, bool]:
-    """``"4096"`` → (4096, False) samples; ``"4MB"``, ``"512KiB"``, ``"1000B"`` → (bytes, True)."""
-    if isinstance(text, int):
-        return text, False
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise InstantFTError(f"--cache-capacity must be a number of samples or bytes like 4MB/512KiB, got {text!r}")
-    value, unit = float(m.group(1)), m.group(2).lower()
-    if not unit:
-        if value != int(value):
-            raise InstantFTError(f"--cache-capacity in samples must be whole, got {text!r}")
-        return int(value), False
-    return int(value * _UNITS[unit]), True
