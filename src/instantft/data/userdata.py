@@ -115,14 +115,23 @@ def load_image_folder(root: str | os.PathLike[str]) -> UserData:
     each file once, hashes it and reads its header only, so sizes, modes and the memory its
     decoding needs are checked before any pixel is decoded; pass 2 decodes each image straight
     into the float32 tensor, and a file changed between the passes is refused."""
-    import hashlib
-    import io
+    import warnings
 
     from PIL import Image
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget decides, in one line
+        return _load_image_folder(Path(root))
+
+
+def _load_image_folder(root: Path) -> UserData:
+    import hashlib
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
     from instantft.fileio import declare_input
 
-    root = Path(root)
     declare_input(root)
     classes, files = _class_files(root)
     first: tuple[Path, str, tuple[int, int]] | None = None
@@ -133,6 +142,8 @@ def load_image_folder(root: str | os.PathLike[str]) -> UserData:
         try:
             with Image.open(io.BytesIO(raw)) as im:
                 fmt, mode, size = im.format, im.mode, im.size
+        except UnidentifiedImageError:
+            raise InstantFTError(f"{path}: not a readable PNG or JPEG image (unknown format)") from None
         except Exception as exc:  # Pillow raises many types for a bad header
             raise InstantFTError(f"{path}: not a readable PNG or JPEG image ({_one_line(exc)})") from None
         if fmt not in IMAGE_FORMATS:
