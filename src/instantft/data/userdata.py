@@ -37,6 +37,11 @@ IMAGE_FORMATS = ("PNG", "JPEG")
 # Pillow mode -> (mode decoded to, channels). Palette and 1-bit images are expanded; modes with
 # alpha or more than 8 bits per channel are refused rather than silently reduced.
 MODES = {"L": ("L", 1), "1": ("L", 1), "RGB": ("RGB", 3), "P": ("RGB", 3)}
+#: the fewest bits a file of each mode may store per pixel (a palette image may use 1-bit indices)
+MODE_MIN_BITS = {"L": 8, "1": 1, "RGB": 24, "P": 1}
+#: the most uncompressed bytes one byte of file can expand to: zlib's limit for PNG (as for .mat
+#: files); generous for JPEG, whose flattest 8x8 block still costs a few bits
+MAX_EXPANSION = {"PNG": 1032, "JPEG": 4096}
 DATA_BUDGET_BYTES = 2 * 2**30  # the float32 tensors of one data set may take at most this much memory
 MAX_FILE_BYTES = 2 * 2**30  # no data file read is larger than this
 
@@ -151,6 +156,11 @@ def _load_image_folder(root: Path) -> UserData:
         if mode not in MODES:
             raise InstantFTError(
                 f"{path}: image mode {mode} is not supported (grey-scale L, 1-bit, palette P or RGB)"
+            )
+        stored = size[0] * size[1] * MODE_MIN_BITS[mode] // 8
+        if stored > MAX_EXPANSION[fmt] * len(raw):  # a small file claiming a huge image: no allocation
+            raise InstantFTError(
+                f"{path}: header claims a {size[0]}x{size[1]} image, more than its {len(raw):,} bytes can hold"
             )
         if first is None:
             first = (path, mode, size)
