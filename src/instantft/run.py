@@ -231,7 +231,10 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> dict[s
             )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise InstantFTError(f"--weights {path}: {name} holds NaN or infinite values")
-    model.load_state_dict(state)
+    from instantft.usercode import user_code
+
+    with user_code(f"--weights {path}: loading into the model"):  # a module may override its loading
+        model.load_state_dict(state)
     return {"weights": str(path), "weights_sha256": sha256_file(path)}
 
 
