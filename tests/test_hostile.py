@@ -354,6 +354,28 @@ def test_sys_exit_mid_command_is_an_error(capsys: pytest.CaptureFixture[str], mo
     assert cli.main(["--help"]) == 0
 
 
+@SETTINGS
+@given(kind=st.sampled_from([SystemExit, ValueError, RuntimeError, MemoryError, RecursionError, GeneratorExit,
+                             StopIteration, BaseException, ArithmeticError]),
+       arg=st.none() | st.integers() | st.text())  # fmt: skip
+def test_anything_the_users_code_raises_is_one_line(kind: type[BaseException], arg: object):
+    from instantft.cli import error_line
+    from instantft.usercode import user_code
+
+    with pytest.raises(InstantFTError) as info, user_code("--model m:f: f()"):
+        raise kind() if arg is None else kind(arg)
+    line = error_line(str(info.value))
+    assert "\n" not in line and all(c.isprintable() for c in line)
+    event(kind.__name__)
+
+
+def test_ctrl_c_in_the_users_code_is_the_users():
+    from instantft.usercode import user_code
+
+    with pytest.raises(KeyboardInterrupt), user_code("f()"):
+        raise KeyboardInterrupt
+
+
 # --- 4. terminal escape injection -----------------------------------------------------------------
 def test_a_class_folder_named_with_escape_sequences_is_escaped(user: Path, capsys: pytest.CaptureFixture[str]):
     evil = user / "folder" / "class1\x1b]0;owned\x07\x1b[2J"

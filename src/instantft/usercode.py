@@ -37,7 +37,7 @@ def user_code(what: str) -> Iterator[None]:
         yield
     except (InstantFTError, KeyboardInterrupt):
         raise
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # SystemExit, GeneratorExit, anything but the user's Ctrl-C
         raise InstantFTError(f"{what} raised {describe(exc)}") from None
 
 
