@@ -305,7 +305,8 @@ def test_weights_are_loaded_and_checked(user_files: Path, capsys: pytest.Capture
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("no_such_module_xyz:build", "cannot import no_such_module_xyz (No module named 'no_such_module_xyz')"),
+        ("no_such_module_xyz:build",
+         "importing no_such_module_xyz raised ModuleNotFoundError: No module named 'no_such_module_xyz'"),
         ("cli_test_models:missing", "cli_test_models has no function missing"),
         ("cli_test_models:not_a_module", "not_a_module() returned int, not a torch.nn.Module"),
         ("cli_test_models:boom", "boom() raised RuntimeError: no way"),

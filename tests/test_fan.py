@@ -266,3 +266,10 @@ def test_fixed_point_instantft_runs_on_the_fan_mlp(capsys):
     assert main(argv) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["numerics"] == "fixed" and record["accuracy_after"] > record["accuracy_before"]
+
+
+def test_a_fan_stream_beyond_the_memory_budget_is_refused_before_any_data_is_read(tmp_path: Path):
+    from instantft.stream.source import build_fan_stream
+
+    with pytest.raises(InstantFTError, match="memory budget"):
+        build_fan_stream("silentA:9000000", data_dir=tmp_path)  # tmp_path holds no data: never reached

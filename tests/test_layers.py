@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "instantft"
 #: each top-level module or package of instantft, by layer: a module may import its own layer or
 #: the ones below it, never one above (what a concept is built from is below it)
 LAYERS = [
-    {"errors", "settings", "progress", "machine", "tables", "digest"},
+    {"errors", "settings", "progress", "machine", "tables", "digest", "usercode"},
     {"nf4", "fileio", "records", "extras"},
     {"cache", "models", "data"},
     {"backbones", "adapters", "training", "fixedpoint"},

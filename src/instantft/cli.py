@@ -74,12 +74,16 @@ def _apply(runtime: Runtime) -> None:
         torch.set_num_threads(runtime.threads)
 
 
-def _inputs(*paths: Any) -> list[Any]:
-    """A run's input files, which an output may never replace: those named, and the bundled
-    checkpoints (read when no --checkpoint is given)."""
+def _inputs(*paths: Any, model: str | None = None) -> list[Any]:
+    """A run's inputs, which an output may never replace or be written into: the files and
+    folders named, the ``--model`` factory's source file (found without importing it) and the
+    bundled checkpoints (read when no --checkpoint is given). Checked before the run; what the
+    readers open is checked again when the output is written (:func:`instantft.fileio.run_scope`)."""
     from instantft.models.checkpoint import BUNDLED_WEIGHTS
+    from instantft.usercode import module_source
 
-    return [p for p in paths if p is not None] + sorted(BUNDLED_WEIGHTS.glob("*.safetensors"))
+    source = module_source(model) if model is not None else None
+    return [p for p in (*paths, source) if p is not None] + sorted(BUNDLED_WEIGHTS.glob("*.safetensors"))
 
 
 # --- pretrain ---------------------------------------------------------------------------------
@@ -144,7 +148,7 @@ def finetune(
 
     run = run_for(method, task, source, config, numerics.fixed())
     config = run.hyper
-    inputs = _inputs(source.checkpoint, source.weights, task.data)
+    inputs = _inputs(source.checkpoint, source.weights, task.data, model=source.model)
     if save_adapter is not None:
         from instantft.data.files import existing_files
         from instantft.fileio import ensure_writable
@@ -161,7 +165,8 @@ def finetune(
     if save_adapter is not None:
         from instantft.methods.adapter_io import save_adapter as write_adapter
 
-        extra: dict[str, Any] = {**provenance(run, prepared.drift), "numerics": record["numerics"]}
+        saved = provenance(run, prepared.drift, prepared.meta.get("data_sha256"))
+        extra: dict[str, Any] = {**saved, "numerics": record["numerics"]}
         if run.fixed is not None:
             extra["fixed"] = run.fixed.to_dict()
         write_adapter(save_adapter, result.method, extra, tuple(inputs))
@@ -306,9 +311,12 @@ def export(
     out
         Bundle directory (created; bundle.safetensors + manifest.json).
     """
+    from instantft.device import BUNDLE_FILE
     from instantft.device.export import export_bundle
+    from instantft.fileio import ensure_writable
     from instantft.run import run_for
 
+    ensure_writable(out / BUNDLE_FILE, _inputs(source.checkpoint, source.weights, task.data, model=source.model))
     _apply(runtime)
     summary = export_bundle(run_for(method, task, source, config), out, runtime)
     if json:
@@ -331,7 +339,14 @@ app.command("instantft.bench:bench", name="bench",
 
 
 def _one_line(text: str) -> str:
+    """``text`` on one line with every control character escaped (a class folder named with a
+    terminal escape sequence is printed as ``\\x1b[...``, never sent to the terminal)."""
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in " ".join(text.split()))
+
+
+def error_line(message: str) -> str:
+    """The one line a user error prints: every command's ``error: ...`` goes through here."""
+    return f"error: {_one_line(message)}"
 
 
 def _message(exc: BaseException) -> str:
@@ -343,19 +358,34 @@ def _message(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Once the command is running, a ``SystemExit`` claiming success or carrying a
+    message is not a way out: code calling ``sys.exit(0)`` or ``sys.exit("msg")`` mid-run (the
+    user's, which :mod:`instantft.usercode` already guards, or anything else) ends the run with one
+    ``error:`` line and status 2, never with success having written nothing."""
+    from instantft.fileio import run_scope
+
     tokens = list(sys.argv[1:] if argv is None else argv)
+    running = False
     try:
         if tokens in (["--version"], ["-V"]):
             from instantft import __version__
 
             print(f"instantft {__version__}")
             return 0
-        result = app(tokens)
+        with run_scope():  # what the command reads, no output of it may replace
+            command, bound, _ = app.parse_args(tokens)
+            running = True
+            result = command(*bound.args, **bound.kwargs)
         return int(result) if isinstance(result, int) else 0
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
+    except SystemExit as exc:
+        if running and (exc.code is None or exc.code == 0 or not isinstance(exc.code, int)):  # "success" or a message
+            from instantft.usercode import describe
+
+            print(error_line(f"the run was ended by {describe(exc)}; nothing was written"), file=sys.stderr)
+            return 2
+        return exc.code if isinstance(exc.code, int) else 0  # --help; a failure's own status (a broken pipe: 1)
     except (InstantFTError, CycloptsError) as exc:
-        print(f"error: {_one_line(_message(exc))}", file=sys.stderr)
+        print(error_line(_message(exc)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

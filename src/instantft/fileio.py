@@ -20,9 +20,11 @@ import stat
 import struct
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from instantft.errors import InstantFTError
 
@@ -36,34 +38,115 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+# --- what a run reads: its inputs, which no write may replace or write into ------------------
+#: the inputs of the run in progress (``None``: no run scope, only the inputs passed are checked)
+_RUN_INPUTS: ContextVar[list[Path] | None] = ContextVar("run_inputs", default=None)
+
+
+@contextmanager
+def run_scope() -> Iterator[None]:
+    """Inside: every file or folder a reader declares (:func:`declare_input`) is an input of the
+    run, and :func:`ensure_writable` refuses to write onto or into any of them. The command line
+    runs each command in one scope; the library outside one checks only the inputs it is given."""
+    token = _RUN_INPUTS.set([])
+    try:
+        yield
+    finally:
+        _RUN_INPUTS.reset(token)
+
+
+def declare_input(path: PathLike | None) -> None:
+    """``path`` (a file or a folder) is read by the run in progress: never written onto or into."""
+    inputs = _RUN_INPUTS.get()
+    if inputs is not None and path is not None:
+        inputs.append(Path(path))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` would be written inside ``folder`` (by resolved path, symlinks followed)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: resolve() fails
+        return False
+
+
+def _existing_ancestor(path: Path) -> Path:
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+# --- what a reader may open: regular files of a bounded size ----------------------------------
+def open_regular(path: PathLike, what: str = "file", max_bytes: int | None = None) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (symlinks followed) of at most
+    ``max_bytes``: the one place every reader of the user's files opens them. A FIFO, a device
+    (``/dev/zero``), a socket or a directory is refused without waiting or reading; the file is
+    declared an input of the run in progress (:func:`declare_input`)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without a writer
+    except FileNotFoundError:
+        raise InstantFTError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise InstantFTError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+            raise InstantFTError(f"{path}: {what} is {kind}; expected a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise InstantFTError(f"{path}: {what} is {st.st_size:,} bytes, more than the {max_bytes:,}-byte limit")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    declare_input(path)
+    return fh
+
+
+def check_regular(path: PathLike, what: str = "file", max_bytes: int | None = None) -> int:
+    """The size of ``path`` if :func:`open_regular` accepts it (for readers that take a path)."""
+    with open_regular(path, what, max_bytes) as fh:
+        return os.fstat(fh.fileno()).st_size
+
+
 def ensure_writable(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path:
     """Fail now, with one line, if ``path`` cannot be written - before hours of work, not after.
+    The one place that decides what a run may write; nothing is created here (the parent
+    folders are made when the file is written, so a run that fails leaves nothing behind).
 
     Refused: a target that exists and is not a regular file (a device such as ``/dev/null``, a
     FIFO, a socket, a directory: replacing it by rename would destroy it), a target that is one
-    of ``inputs`` (the files the run reads: it would replace its own input), and a directory
-    that cannot be written."""
+    of the run's inputs (``inputs`` and those declared in the :func:`run_scope`: the data file,
+    the model's source file, weights, checkpoint, bundle; the same file by inode, so hard links
+    and symlinks count) or lies inside an input folder (an image folder: nothing is written in
+    it), and a directory that cannot be written."""
     path = Path(path)
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        st = None  # NotADirectoryError: the probe below says why the directory is unusable
+        st = None  # NotADirectoryError: the check below says why the directory is unusable
     except OSError as exc:
         raise InstantFTError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise InstantFTError(f"{path}: is a directory, expected a file name")
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise InstantFTError(f"{path}: exists and is not a regular file (a device, FIFO or socket); not replacing it")
-    for inp in inputs:
-        if inp is not None and st is not None and _same_file(path, Path(inp)):
-            raise InstantFTError(f"{path}: is also an input of this run ({inp}); choose another output file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise InstantFTError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+    for inp in [*inputs, *(_RUN_INPUTS.get() or [])]:
+        if inp is None:
+            continue
+        inp = Path(inp)
+        if (st is not None and _same_file(path, inp)) or (inp.is_dir() and _inside(path, inp)):
+            where = "inside" if inp.is_dir() else "also"
+            raise InstantFTError(f"{path}: is {where} an input of this run ({inp}); choose another output file")
+    parent = _existing_ancestor(path)
+    if not parent.is_dir():
+        raise InstantFTError(f"{path}: cannot write here ({parent} is not a directory)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InstantFTError(f"{path}: cannot write here (Permission denied)")
     return path
 
 
@@ -105,8 +188,15 @@ def clean_stale_temps(path: PathLike) -> list[Path]:
 def atomic_write(path: PathLike, write: Callable[[Path], object], inputs: Iterable[PathLike | None] = ()) -> Path:
     """Call ``write(tmp)`` to fill a temp file beside ``path``, fsync it, rename it to ``path``."""
     path = ensure_writable(path, inputs)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # only now: a run that failed created nothing
+    except OSError as exc:
+        raise InstantFTError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     clean_stale_temps(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InstantFTError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -254,8 +344,7 @@ def _open_header(path: Path, kind: str) -> tuple[dict[str, str], dict[str, tuple
     """The string metadata and (dtype, shape) of every tensor, from the header alone."""
     from safetensors import SafetensorError, safe_open
 
-    if not path.is_file():
-        raise InstantFTError(f"{path}: {kind} file not found")
+    check_regular(path, f"{kind} file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
@@ -297,6 +386,7 @@ def load_tensors(path: PathLike, kind: str = "tensor") -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    check_regular(path, f"{kind} file")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -117,6 +117,9 @@ class AdapterRecord(Record):
     taps: Annotated[list[Name], Field(min_length=1, max_length=4096)] | None = None  # Tap.label, in order
     input_shape: Annotated[list[Dim], Field(min_length=1, max_length=8)] | None = None
     task: SavedTask | None = None
+    data_sha256: Sha256 | None = None
+    """The content of the user's ``--data`` it was fine-tuned on (``userdata.UserData.sha256``);
+    ``evaluate`` refuses other data. Absent in records of older versions and of built-in tasks."""
     source: Source | None = None
     numerics: Literal["float", "fixed"] = "float"
     fixed: FixedRecord | None = None

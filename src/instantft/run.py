@@ -100,11 +100,18 @@ def run_for(method: str, task: Task, source: Source, config: FineTuneConfig, fix
     return Run(method=method, task=task, source=source, config=config, fixed=fixed)
 
 
-def provenance(run: Run, drift: DriftTask) -> dict[str, Any]:
+def provenance(run: Run, drift: DriftTask, data_sha256: str | None = None) -> dict[str, Any]:
     """What an adapter record says it was trained on: the task (with the sample count actually
-    used) and the backbone's source, so ``evaluate`` re-creates the same split."""
-    task = run.task.replace(samples=len(drift.finetune))
-    return {"task": task.to_dict(), "source": run.source.to_dict()}
+    used, and the user's data by absolute path), the content hash of that data
+    (:attr:`~instantft.data.userdata.UserData.sha256`, from :attr:`Prepared.meta`) and the
+    backbone's source, so ``evaluate`` re-creates the same split on the same images."""
+    changes: dict[str, Any] = {"samples": len(drift.finetune)}
+    if run.task.data is not None:
+        changes["data"] = run.task.data.resolve()
+    out: dict[str, Any] = {"task": run.task.replace(**changes).to_dict(), "source": run.source.to_dict()}
+    if data_sha256:
+        out["data_sha256"] = data_sha256
+    return out
 
 
 @dataclass(frozen=True)
@@ -181,22 +188,23 @@ def user_model(spec: str, weights: str | os.PathLike[str] | None = None) -> tupl
 
     from torch import nn
 
+    from instantft.fileio import declare_input
+    from instantft.usercode import guard_model, user_code
+
     module_name, _, attr = spec.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
+    with user_code(f"--model {spec}: importing {module_name}"):
         module = importlib.import_module(module_name)
-    except Exception as exc:  # anything the user's module raises on import
-        raise InstantFTError(f"--model {spec}: cannot import {module_name} ({_one_line(exc)})") from None
+    declare_input(getattr(module, "__file__", None))
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise InstantFTError(f"--model {spec}: {module_name} has no function {attr}")
-    try:
+    with user_code(f"--model {spec}: {attr}()"):
         model = factory()
-    except Exception as exc:
-        raise InstantFTError(f"--model {spec}: {attr}() raised {type(exc).__name__}: {_one_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise InstantFTError(f"--model {spec}: {attr}() returned {type(model).__name__}, not a torch.nn.Module")
+    guard_model(model, f"--model {spec}")
     meta: dict[str, Any] = {"architecture": spec}
     if weights is not None:
         meta.update(load_weights(model, weights))
@@ -206,13 +214,12 @@ def user_model(spec: str, weights: str | os.PathLike[str] | None = None) -> tupl
 def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a safetensors state dict into ``model`` after checking names, shapes and values
     (no pickle: safetensors holds tensors only)."""
-    import hashlib
-
     from safetensors.torch import load_file
 
+    from instantft.fileio import check_regular, sha256_file
+
     path = Path(path)
-    if not path.is_file():
-        raise InstantFTError(f"--weights {path}: no such file")
+    check_regular(path, "--weights file")
     try:
         state = load_file(path)
     except Exception as exc:
@@ -230,8 +237,11 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> dict[s
             )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise InstantFTError(f"--weights {path}: {name} holds NaN or infinite values")
-    model.load_state_dict(state)
-    return {"weights": str(path), "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    from instantft.usercode import user_code
+
+    with user_code(f"--weights {path}: loading into the model"):  # a module may override its loading
+        model.load_state_dict(state)
+    return {"weights": str(path), "weights_sha256": sha256_file(path)}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -255,7 +265,7 @@ def prepare(task: Task, source: Source, config: FineTuneConfig, runtime: Runtime
             raise InstantFTError("--data needs --model (package.module:factory) or --checkpoint (an in-tree network)")
         check_against_model(loaded.data, model, str(task.data))
         drift = user_task(loaded.data, samples=task.samples, seed=config.seed, eval_samples=task.eval_samples)
-        meta["classes"] = loaded.classes
+        meta["classes"], meta["data_sha256"] = loaded.classes, loaded.sha256
     else:
         if task.dataset is None:
             raise InstantFTError("give --dataset (rotmnist, rotfmnist, svhn) or --data (an image folder or .npz file)")
@@ -287,6 +297,11 @@ def evaluate_adapter(path: Path, task: Task, source: Source, runtime: Runtime | 
         if field in given:  # one source replaces the other
             base.pop(other, None)
     task = Task(**{**base, **given})
+    if "data" not in given and task.data is not None and not task.data.is_absolute():
+        raise InstantFTError(
+            f"{path}: adapter records the relative data path {task.data} (from an older version), which names other "
+            "files from another directory; pass --data with the files it was fine-tuned on"
+        )
     if task.dataset is None and task.data is None:
         raise InstantFTError(f"{path}: adapter records no dataset; pass --dataset")
     if saved.dataset is not None and task.dataset not in (None, saved.dataset):
@@ -303,6 +318,12 @@ def evaluate_adapter(path: Path, task: Task, source: Source, runtime: Runtime | 
         source = source.replace(taps=recorded["taps"])
     config = FineTuneConfig.load_record(record["config"], f"{path}: adapter config")
     prepared = prepare(task, source, config, runtime)
+    pinned, found = record.get("data_sha256"), prepared.meta.get("data_sha256")
+    if task.data is not None and pinned is not None and found != pinned:
+        raise InstantFTError(
+            f"{task.data}: is not the data {path} was fine-tuned on (its content hash differs from the recorded one: "
+            "files changed, added or removed); evaluating would score other images"
+        )
     model = getattr(prepared.backbone, "model", prepared.backbone)
     method, _ = load_adapter(path, model)  # rebuilt with the taps its record names
     drift = prepared.drift

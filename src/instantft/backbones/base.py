@@ -97,7 +97,10 @@ def _parse(pattern: str) -> tuple[str, TapPoint]:
 
 def _matches(pattern: str, name: str) -> bool:
     if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
+        try:
+            return re.fullmatch(pattern[3:], name) is not None
+        except re.error as exc:
+            raise InstantFTError(f"--taps {pattern!r}: not a valid regular expression ({exc})") from None
     return name == pattern or name.endswith("." + pattern)
 
 

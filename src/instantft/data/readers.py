@@ -41,7 +41,10 @@ def _read_gzip(path: Path, limit: int) -> bytes:
 
 def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
     """Parse a gzip'ed IDX file of unsigned bytes: images (magic 2051) or labels (2049)."""
+    from instantft.fileio import check_regular
+
     path = Path(path)
+    check_regular(path, "IDX file")  # a FIFO or a device would block or never end
     ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
     header = 4 * (1 + ndim)
     head = _read_gzip(path, header)
@@ -90,7 +93,9 @@ def _check_mat_sizes(path: Path) -> None:
     and no variable claiming more bytes than the file could decompress to."""
     import scipy.io
 
-    with open(path, "rb") as fh:
+    from instantft.fileio import open_regular
+
+    with open_regular(path, ".mat file") as fh:
         head = fh.read(128)
     if len(head) < 128 or 0 in head[:4] or head[126:128] not in (b"IM", b"MI"):
         raise InstantFTError(f"{path}: not a MATLAB 5 .mat file (SVHN's format)")

@@ -89,7 +89,10 @@ class StreamSettings(Settings):
             parse_fan_schedule(self.schedule, self.phase_length)
         else:
             parse_schedule(self.schedule, self.phase_length)
-        parse_capacity(self.cache_capacity)
+        try:
+            parse_capacity(self.cache_capacity)
+        except (OverflowError, ValueError):  # "9" * 400 samples: beyond any number
+            raise SettingsError("cache_capacity", f"is out of range, got {self.cache_capacity[:40]!r}") from None
         return self
 
     @property
@@ -115,4 +118,6 @@ class StreamConfig(StreamSettings):
 
     def finetune_config(self, round_: int = 0) -> FineTuneConfig:
         """The fit of adaptation ``round_``: a new batch order each round, the same adapter init."""
-        return self.adaptation.replace(seed=self.seed * 100_003 + round_, init_seed=self.adaptation.adapter_seed)
+        # modulo 2**63: any seed the settings accept derives a valid one (unchanged below 2**63 / 100_003)
+        seed = (self.seed * 100_003 + round_) % 2**63
+        return self.adaptation.replace(seed=seed, init_seed=self.adaptation.adapter_seed)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from instantft.errors import InstantFTError
 from instantft.methods import FineTuneConfig, Method, create
 from instantft.models import arch_for, bundled_checkpoint, load_checkpoint
-from instantft.settings import Runtime
+from instantft.settings import MEMORY_BUDGET_BYTES, Runtime, human_bytes
 from instantft.stream.config import StreamConfig, parse_capacity
 from instantft.stream.retention import BoundedCache, Retention, make_retention, row_bytes
 from instantft.stream.source import Stream, StreamSet, build_stream
@@ -48,6 +48,11 @@ def capacity_samples(config: StreamConfig, method: Method) -> tuple[int, int]:
         shape = method.backbone.input_shape
         per = 4 * int(np.prod(shape))  # an fp32 image
     n = value // per if is_bytes else value
+    if n * per > MEMORY_BUDGET_BYTES:  # checked before the bounded memory is allocated
+        raise InstantFTError(
+            f"--cache-capacity {config.cache_capacity} needs {human_bytes(n * per)} ({n:,} samples of {per:,} B), "
+            f"more than the {human_bytes(MEMORY_BUDGET_BYTES)} memory budget"
+        )
     if n < config.batch_size:
         what = f"{value} B holds {n} samples" if is_bytes else f"{n} samples"
         raise InstantFTError(f"--cache-capacity must hold at least one batch ({config.batch_size} samples); {what}")
@@ -199,7 +204,8 @@ class StreamRun:
                 entry = self.adapt(j, rise, len(log) + 1)
                 self.trigger.adapted()
                 if cfg.arrival_ms is not None:
-                    covered = math.ceil(entry["seconds"] * 1000.0 / cfg.arrival_ms)
+                    ratio = entry["seconds"] * 1000.0 / cfg.arrival_ms  # inf for a denormal arrival time
+                    covered = n - j + 1 if not ratio < n - j + 1 else math.ceil(ratio)  # past the end: busy to the end
                     entry["stale_arrivals"] = min(covered, n - j)
                     switch_at = j + covered
                     old = (before, state if before is self.method else None)

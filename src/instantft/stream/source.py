@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -25,10 +26,14 @@ import torch
 from instantft.data import ImageSet
 from instantft.data.datasets import load_split, rotate
 from instantft.errors import InstantFTError
+from instantft.settings import MEMORY_BUDGET_BYTES, human_bytes
 from instantft.stream.corruptions import CORRUPTIONS
 from instantft.stream.schedule import Phase, parse_schedule
 
 STREAM_DATASETS = ("rotmnist", "rotfmnist", "fan")
+#: bytes drawing a stream takes per float32 value of its images: the images, and in the worst case
+#: a corruption of all of them at once (its float64 input and output)
+STREAM_BYTES_PER_FLOAT32 = 5
 
 
 def apply_transform(key: str, images: torch.Tensor, sources: torch.Tensor, seed: int) -> torch.Tensor:
@@ -133,6 +138,14 @@ def build_stream(
     if heldout < 1:
         raise InstantFTError(f"--heldout must be >= 1, got {heldout}")
     base = load_split(dataset.removeprefix("rot"), "test", data_dir)
+    total = sum(p.length for p in phases)
+    per = 4 * math.prod(base.images.shape[1:])
+    need = total * per * STREAM_BYTES_PER_FLOAT32
+    if need > MEMORY_BUDGET_BYTES:  # the stream's images, and a transform's float64 work, before either is made
+        raise InstantFTError(
+            f"the schedule's {total:,} samples need {human_bytes(need)} to draw, more than the "
+            f"{human_bytes(MEMORY_BUDGET_BYTES)} memory budget; shorten the phases (--phase-length)"
+        )
     if heldout >= len(base):
         raise InstantFTError(f"--heldout must be < {len(base)}, got {heldout}")
     perm = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))
@@ -233,9 +246,15 @@ def build_fan_stream(
     """The fan type of a 12 cm fan as the fan moves between rooms (:func:`parse_fan_schedule`):
     each arrival a spectrum drawn uniformly from the current room's take 1; the held-out set of
     every room ``heldout`` spectra of its take 2 drawn with ``seed``."""
-    from instantft.data.fan import ROOMS, fan_split
+    from instantft.data.fan import BINS, ROOMS, fan_split
 
     phases = parse_fan_schedule(schedule, phase_length)
+    need = sum(p.length for p in phases) * BINS * 4
+    if need > MEMORY_BUDGET_BYTES:  # the stream's spectra, before they are drawn
+        raise InstantFTError(
+            f"the fan stream's spectra would take {human_bytes(need)}, more than the "
+            f"{human_bytes(MEMORY_BUDGET_BYTES)} memory budget; shorten the phases (--phase-length)"
+        )
     if heldout < 1:
         raise InstantFTError(f"--heldout must be >= 1, got {heldout}")
     takes = {room: fan_split("type", room, data_dir) for room in ROOMS}
