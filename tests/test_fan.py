@@ -273,3 +273,13 @@ def test_a_fan_stream_beyond_the_memory_budget_is_refused_before_any_data_is_rea
 
     with pytest.raises(InstantFTError, match="memory budget"):
         build_fan_stream("silentA:9000000", data_dir=tmp_path)  # tmp_path holds no data: never reached
+
+
+def test_pretrain_fan_refuses_samples(capsys, tmp_path: Path):
+    from instantft.cli import main
+
+    out = tmp_path / "never.safetensors"
+    assert main(["pretrain", "--dataset", "fan", "--samples", "100", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--samples does not apply to a fan source" in err
+    assert not out.exists()

@@ -186,6 +186,8 @@ def pretraining_set(
     if dataset.startswith("fan"):  # a cooling-fan source: its take 1 and take 2
         from instantft.data.fan import fan_pretraining_set
 
+        if samples is not None:  # take 1 is ordered by class: its first N would be one class
+            raise InstantFTError("--samples does not apply to a fan source: its backbone is trained on all of take 1")
         train, test = fan_pretraining_set(dataset, data_dir)
     else:
         split = split or ("extra" if dataset == "svhn" else "train")
