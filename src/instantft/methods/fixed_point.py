@@ -127,6 +127,8 @@ class FixedPointInstantFT(Method):
                 "--numerics fixed emulates the FPGA core's LeNet-5 datapath; "
                 f"the backbone is {type(self.base).__name__}"
             )
+        if not config.train_a:
+            raise InstantFTError("--numerics fixed trains A and B as the FPGA core does; --no-train-a is float only")
         self.lenet: LeNet5 = self.base
         self.fixed = fixed or FixedPointConfig()
         self.counters = Counters()  # setup, cache fill and every training step
