@@ -337,6 +337,10 @@ def export(
     return 0
 
 
+# the fleet commands (Flower is an extra: imported only when one runs)
+app.command("instantft.fleet.commands:app", name="fleet")
+
+
 def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in " ".join(text.split()))
 
