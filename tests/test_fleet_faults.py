@@ -20,7 +20,7 @@ BAD = 2  # the misbehaving device's partition id
 def _run(fault: str, caplog: pytest.LogCaptureFixture, **fleet: float) -> dict:
     settings = Fleet(rounds=1, samples=64, eval_samples=100, aggregation="fedavg", **fleet)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING):
-        history = simulate(settings, FineTuneConfig(epochs=1), nodes=NODES, faults={BAD: fault}, hang_seconds=20,
+        history = simulate(settings, FineTuneConfig(epochs=1), nodes=NODES, faults={BAD: fault}, hang_seconds=120,
                            cpus=2)  # fmt: skip
     final = history["final"]
     assert final and all(math.isfinite(x) for t in final.values() for row in t for x in row)
@@ -38,7 +38,7 @@ def test_fleet_device_that_crashes_is_left_out(caplog):
 
 
 def test_fleet_device_that_times_out_is_left_out(caplog):
-    r = _run("hang", caplog, timeout=8.0)
+    r = _run("hang", caplog, timeout=25.0)
     assert len(r["aggregated"]) == NODES - 1
     assert list(r["failed"].values()) == ["no reply in time"]
     assert _logged(caplog, "sent no reply in time")

@@ -18,6 +18,8 @@ from instantft.settings import Adapters, FineTuneConfig, Training
 FleetFlags = Annotated[Fleet, Parameter(name="*", group="Fleet")]
 TrainingFlags = Annotated[Training, Parameter(name="*", group="Training (on each device, each round)")]
 AdapterFlags = Annotated[Adapters, Parameter(name="*", group="Adapters")]
+#: b-only sends B alone, so a fleet affords a rank a single fine-tune would not (docs/fleets.md)
+FLEET_RANK = 64
 Json = Annotated[bool, Parameter(negative="", help="Print the server's round history as one JSON object.")]
 
 app = App(name="fleet", help="Devices fine-tuning together through Flower, sending only their adapters "
@@ -45,10 +47,10 @@ def _finish(history: dict[str, Any], json: bool) -> int:
 @app.command
 def simulate(
     *,
-    nodes: int = 20,
+    nodes: int = 24,
     fleet: FleetFlags = Fleet(),  # noqa: B008
     training: TrainingFlags = Training(epochs=2),  # noqa: B008
-    adapters: AdapterFlags = Adapters(),  # noqa: B008
+    adapters: AdapterFlags = Adapters(rank=FLEET_RANK),  # noqa: B008
     json: Json = False,
 ) -> int:
     """Run a fleet of virtual devices in Flower's simulation engine (Ray), on this machine.
@@ -70,7 +72,7 @@ def deploy(
     nodes: int = 3,
     fleet: FleetFlags = Fleet(),  # noqa: B008
     training: TrainingFlags = Training(epochs=2),  # noqa: B008
-    adapters: AdapterFlags = Adapters(),  # noqa: B008
+    adapters: AdapterFlags = Adapters(rank=FLEET_RANK),  # noqa: B008
     deadline: float = 600.0,
     keep: Path | None = None,
     json: Json = False,

@@ -7,6 +7,7 @@ scored on ``eval_samples`` held-out images at its own angle (a pool no device tr
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any, Literal
 
@@ -28,9 +29,9 @@ class Fleet(Settings):
 
     dataset: Literal["rotmnist", "rotfmnist"] = "rotmnist"
     """Built-in drift task the devices hold (the bundled LeNet-5 pre-trained on its unrotated base)."""
-    angles: str = "0,45,90,135,180,225"
+    angles: str = "30,60,90,120,150,180"
     """Rotation angles in degrees, comma-separated: device i holds angle i mod their count."""
-    samples: Annotated[int, Field(ge=1, le=8000)] = 256
+    samples: Annotated[int, Field(ge=1, le=8000)] = 64
     """Fine-tuning samples on each device."""
     eval_samples: Annotated[int, Field(ge=1, le=HELD_OUT)] = 1000
     """Held-out samples each device is scored on (at its own angle)."""
@@ -39,7 +40,7 @@ class Fleet(Settings):
     aggregation: Aggregation = "b-only"
     """How the server merges adapters: fedavg (of A and B), svd (exact mean of B·A, rank r again) or
     b-only (B trained on a shared frozen A: exact)."""
-    rounds: Annotated[int, Field(ge=1, le=10_000)] = 10
+    rounds: Annotated[int, Field(ge=1, le=10_000)] = 40
     """Federated rounds."""
     clip: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 5.0
     """Clip an update farther from the global adapters than this × the round's median distance (0: off)."""
@@ -105,11 +106,21 @@ def _split(fleet: Fleet, devices: int) -> tuple[ImageSet, torch.Tensor, torch.Te
 
 
 def device_data(fleet: Fleet, device: int, devices: int) -> tuple[ImageSet, ImageSet]:
-    """(fine-tuning set, held-out set) of device ``device`` out of ``devices``, rotated by its angle."""
+    """(fine-tuning set, held-out set) of device ``device`` out of ``devices``, rotated by its angle.
+    Computed once per process for the same arguments (a simulation worker serves many devices, every
+    round); the sets are read-only."""
+    return _device_data(fleet.dataset, fleet.angle(device), fleet.samples, fleet.eval_samples, fleet.split_seed,
+                        device, devices)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=32)
+def _device_data(dataset: str, angle: float, samples: int, eval_samples: int, split_seed: int, device: int,
+                 devices: int) -> tuple[ImageSet, ImageSet]:  # fmt: skip
+    fleet = Fleet(dataset=dataset, angles=str(angle), samples=samples, eval_samples=eval_samples,  # type: ignore[arg-type]
+                  split_seed=split_seed)  # fmt: skip
     if not 0 <= device < devices:
         raise InstantFTError(f"device {device} is not in 0..{devices - 1}")
     test, held_out, train_rows = _split(fleet, devices)
-    angle = fleet.angle(device)
     rows = train_rows[device * fleet.samples : (device + 1) * fleet.samples]
     ev = held_out[: fleet.eval_samples]
     tag = f"{fleet.dataset}-{angle:g}deg-device{device}"
