@@ -20,7 +20,9 @@ g = (softmax(y) − onehot)/batch and h_k = A_k x_k:
 
     ∂B_k = scale · gᵀ h_k        ∂A_k = scale · (g B_k)ᵀ x_k
 
-written by hand (no autograd). B = 0 makes both kinds a no-op at step 0.
+written by hand (no autograd). B = 0 makes both kinds a no-op at step 0. With ``train_a`` off
+A keeps its seeded init and only B is trained: adapters trained from the same seed then share A,
+so their mean is the mean of their products B·A (:mod:`instantft.fleet`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class LoRALayer(nn.Module):
         self.A = nn.Parameter(torch.empty(config.rank, d_in))
         self.B = nn.Parameter(torch.zeros(d_out, config.rank))
         init_lora_a(self.A, config, gen)
+        self.A.requires_grad_(config.train_a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layer(x)
@@ -66,15 +69,19 @@ class SkipAdapters:
 
     def __init__(self, in_sizes: list[int], num_classes: int, config: FineTuneConfig, gen: torch.Generator) -> None:
         self.scale = config.scale
+        self.train_a = config.train_a
         self.A = [torch.empty(config.rank, d) for d in in_sizes]
         self.B = [torch.zeros(num_classes, config.rank) for _ in in_sizes]
         for a in self.A:
             init_lora_a(a, config, gen)
 
     def state(self) -> dict[str, torch.Tensor]:
+        """The trained tensors by name: every A and B, or only the Bs when A is not trained."""
         out: dict[str, torch.Tensor] = {}
         for k, (a, b) in enumerate(zip(self.A, self.B, strict=True), start=1):
-            out[f"skip{k}.A"], out[f"skip{k}.B"] = a, b
+            if self.train_a:
+                out[f"skip{k}.A"] = a
+            out[f"skip{k}.B"] = b
         return out
 
     @staticmethod
@@ -113,8 +120,13 @@ class SkipAdapters:
         """One SGD step on a batch; returns the loss before the update."""
         delta, hs = self.delta(xs)
         g, loss = self.output_grad(base_logits + delta, labels)
+        if not self.train_a:  # only ∂B: the costly ∂A (r × d_k per tap) is never formed
+            for h, b in zip(hs, self.B, strict=True):
+                b.sub_(g.t() @ h, alpha=lr * self.scale)
+            return loss
         dA, dB = self.grads(xs, hs, g)
         for a, b, da, db in zip(self.A, self.B, dA, dB, strict=True):
-            a.sub_(da, alpha=lr)
+            if self.train_a:
+                a.sub_(da, alpha=lr)
             b.sub_(db, alpha=lr)
         return loss

@@ -336,6 +336,8 @@ app.command("instantft.reproduce:reproduce", name="reproduce", help_flags=[],
             help="Run a study of the source checkout: studies/STUDY.py [ARGS] (default fig7, the paper's figures).")
 app.command("instantft.bench:bench", name="bench",
             help="Time the engines' fine-tunes against LoRA-All and the frozen forward, with CPU and wall time.")
+# the fleet commands (Flower is an extra: imported only when one runs)
+app.command("instantft.fleet.commands:app", name="fleet")
 
 
 def _one_line(text: str) -> str:

@@ -241,6 +241,9 @@ class Adapters(Settings):
     """Adapter init seed (default: the training seed)."""
     last_layer: str | None = None
     """The module ft-last / lora-last train, by name (default: the last Linear the forward runs)."""
+    train_a: bool = True
+    """Train A as well as B; off: A stays at its seeded init and only B is trained and saved (the LoRA and skip
+    methods; a fleet then averages the adapters exactly)."""
 
 
 class FineTuneConfig(Training, Adapters):

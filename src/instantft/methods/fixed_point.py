@@ -135,6 +135,8 @@ class FixedPointInstantFT(Method):
 
     def setup(self) -> None:
         config = self.config
+        if not config.train_a:
+            raise InstantFTError("--numerics fixed trains A and B as the FPGA core does; --no-train-a is float only")
         self.counters = Counters()  # setup, cache fill and every training step
         self.eval_counters = Counters()  # every evaluation forward
         self.net = FixedChain(fixed_ops(self.backbone), self.fixed, self.counters)

@@ -59,10 +59,12 @@ class _SkipMethod(Method):
         """Fine-tune the adapters. With a batched cache fill (skip2-lora, instantft) this runs the
         C engine (:mod:`instantft.engine`) unless ``runtime.engine`` resolves to ``"reference"``;
         the reference, skip-lora and ``cache_fill="lazy"`` use :meth:`reference_fit`. Both train the same
-        adapters (tests/test_engine.py)."""
+        adapters (tests/test_engine.py). The C engine always trains A: with ``train_a`` off the run falls
+        back to :meth:`reference_fit`, which leaves A as it is."""
         self.backbone.check_input(data.images)
         backend = resolve_engine(self.runtime.engine)
-        if backend == "c" and self.cache_storage is not None and self.runtime.cache_fill == "batched":
+        fast = self.cache_storage is not None and self.runtime.cache_fill == "batched" and self.config.train_a
+        if backend == "c" and fast:
             from instantft.engine.fit import fit as c_fit
 
             if self.cache is None:
@@ -141,7 +143,9 @@ class _SkipMethod(Method):
         dA, dB = self.adapters.grads(xs, hs, g)
         out: dict[str, torch.Tensor] = {}
         for k, (da, db) in enumerate(zip(dA, dB, strict=True), start=1):
-            out[f"skip{k}.A"], out[f"skip{k}.B"] = da, db
+            if self.adapters.train_a:
+                out[f"skip{k}.A"] = da
+            out[f"skip{k}.B"] = db
         return out
 
 
